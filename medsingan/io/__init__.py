@@ -1,0 +1,100 @@
+"""Reading and writing scans: one entry point each, the format chosen by file type.
+
+>>> from pydicom.data import get_testdata_file
+>>> scan = read_scan(get_testdata_file("CT_small.dcm"))
+>>> scan.shape, scan.meta.units
+((128, 128), 'HU')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medsingan.errors import InvalidImageError, ScanReadError, ScanWriteError
+from medsingan.io.dicom import read_dicom, write_dicom
+from medsingan.io.nifti import read_nifti, write_nifti
+from medsingan.io.raster import RASTER_FORMATS, read_raster, write_png
+from medsingan.io.scan import Scan, ScanMetadata
+
+__all__ = ["Scan", "ScanMetadata", "read_scan", "write_scan", "scan_format"]
+
+_DICOM_MAGIC_OFFSET = 128
+
+
+def scan_format(path: str | os.PathLike[str]) -> str:
+    """'dicom', 'nifti', 'png', 'tiff' or 'jpeg', from the suffix (DICOM also by its magic)."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if path.suffix.lower() in RASTER_FORMATS:
+        return RASTER_FORMATS[path.suffix.lower()]
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima", ""):
+        return "dicom"
+    if path.is_file():
+        with open(path, "rb") as handle:
+            handle.seek(_DICOM_MAGIC_OFFSET)
+            if handle.read(4) == b"DICM":
+                return "dicom"
+    raise ScanReadError(f"{path.name}: unknown file type '{path.suffix}'; medsingan reads DICOM "
+                        "(.dcm), NIfTI (.nii, .nii.gz), PNG, TIFF and JPEG")
+
+
+def read_scan(path: str | os.PathLike[str], *, frame: int | None = None,
+              slice_index: int | None = None, slice_axis: int = 2,
+              volume: int | None = None) -> Scan:
+    """Read one 2D slice of a scan in physical units, display polarity, (rows, columns).
+
+    ``frame`` picks a frame of a multi-frame DICOM; ``slice_index``/``slice_axis``/``volume``
+    pick a slice of a NIfTI volume. Raises :class:`ScanReadError` (or a subclass) with a
+    one-line message for anything that cannot be read, and :class:`InvalidImageError` for
+    non-finite pixel values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ScanReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ScanReadError(f"{path} is a folder; give one scan file")
+    if path.stat().st_size == 0:
+        raise ScanReadError(f"{path.name} is empty (0 bytes)")
+    kind = scan_format(path)
+    if kind != "dicom" and frame is not None:
+        raise ScanReadError(f"--frame applies to multi-frame DICOM only, not {kind}")
+    if kind != "nifti" and (slice_index is not None or volume is not None):
+        raise ScanReadError(f"--slice/--volume apply to NIfTI volumes only, not {kind}")
+    if kind == "dicom":
+        scan = read_dicom(path, frame=frame)
+    elif kind == "nifti":
+        scan = read_nifti(path, slice_index=slice_index, slice_axis=slice_axis, volume=volume)
+    else:
+        scan = read_raster(path)
+    bad = int(np.count_nonzero(~np.isfinite(scan.image)))
+    if bad:
+        raise InvalidImageError(f"{path.name} has {bad} NaN/inf pixel value(s); fix or mask "
+                                "them before training")
+    return scan
+
+
+def write_scan(image: np.ndarray, like: ScanMetadata, path: str | os.PathLike[str], *,
+               keep_identifiers: bool = False, patient_id: str | None = None) -> Path:
+    """Write a derived image (physical units, display polarity) next to its source's format.
+
+    The format follows ``path``'s suffix: ``.dcm`` (derived, de-identified DICOM: needs a DICOM
+    source), ``.nii``/``.nii.gz`` (source affine and dtype), ``.png`` (8/16-bit like the
+    source). The write is atomic.
+    """
+    path = Path(path)
+    if image.ndim != 2:
+        raise ScanWriteError(f"expected a 2D image, got shape {image.shape}")
+    kind = scan_format(path) if path.suffix else "dicom"
+    if kind == "dicom":
+        return write_dicom(image, like, path, keep_identifiers=keep_identifiers,
+                           patient_id=patient_id)
+    if kind == "nifti":
+        return write_nifti(image, like, path)
+    if kind == "png":
+        return write_png(image, like, path)
+    raise ScanWriteError(f"cannot write {kind}: choose .dcm, .nii, .nii.gz or .png")

@@ -1,0 +1,310 @@
+"""DICOM reading (pixels through MONAI's PydicomReader, tags through pydicom) and writing of
+derived, de-identified DICOM objects."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medsingan import __version__
+from medsingan.errors import (
+    MissingDecoderError,
+    ScanReadError,
+    ScanWriteError,
+    UnsupportedScanError,
+)
+from medsingan.io.atomic import atomic_path, sha256_of
+from medsingan.io.deid import deidentify
+from medsingan.io.scan import Scan, ScanMetadata
+
+# MONAI registers an optional GPU decoder plugin and logs a warning when it is absent.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+# Decoders named by the ``decoders`` extra, and the GPL/other ones we do not install by default.
+_EXTRA_HINT = "pip install 'medsingan[decoders]'"
+_OTHER_HINT = "install pylibjpeg-libjpeg (GPL-3.0) or python-gdcm yourself"
+
+# Single-frame SOP classes whose IOD a derived slice can keep; anything else (enhanced
+# multi-frame objects) is written as a Secondary Capture image.
+_SINGLE_FRAME_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1",  # CR
+    "1.2.840.10008.5.1.4.1.1.1.1",  # DX for presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # DX for processing
+    "1.2.840.10008.5.1.4.1.1.1.2",  # MG for presentation
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # MG for processing
+    "1.2.840.10008.5.1.4.1.1.1.3",  # IO for presentation
+    "1.2.840.10008.5.1.4.1.1.1.3.1",  # IO for processing
+    "1.2.840.10008.5.1.4.1.1.2",  # CT
+    "1.2.840.10008.5.1.4.1.1.4",  # MR
+    "1.2.840.10008.5.1.4.1.1.7",  # SC
+}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _first(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = value[0] if len(value) else None
+    return None if value is None else float(value)
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in ds and ds[keyword].value:
+            row, col = (float(v) for v in ds[keyword].value[:2])
+            if row > 0 and col > 0:
+                return row, col
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        measures = shared[0].get("PixelMeasuresSequence")
+        if measures and "PixelSpacing" in measures[0]:
+            row, col = measures[0].PixelSpacing[:2]
+            return float(row), float(col)
+    return None
+
+
+def _check_decodable(ds: Dataset, path: Path) -> None:
+    syntax = getattr(ds, "file_meta", FileMetaDataset()).get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise MissingDecoderError(
+            f"{path.name}: transfer syntax '{syntax.name}' is not supported by pydicom"
+        ) from exc
+    if decoder.is_available:
+        return
+    missing = "; ".join(decoder.missing_dependencies)
+    extra_covers = any("openjpeg" in m or "rle" in m for m in decoder.missing_dependencies)
+    hint = _EXTRA_HINT if extra_covers else _OTHER_HINT
+    raise MissingDecoderError(
+        f"{path.name} is compressed as '{syntax.name}' and no decoder is installed "
+        f"(needs one of: {missing}); {hint}"
+    )
+
+
+def _header_json(ds: Dataset) -> dict[str, Any]:
+    header = Dataset(ds)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in header:
+            del header[keyword]
+    data = header.to_json_dict(suppress_invalid_tags=True)
+    meta = getattr(ds, "file_meta", None)
+    return {"dataset": data, "file_meta": meta.to_json_dict() if meta is not None else {}}
+
+
+def _load_pixels(path: Path) -> np.ndarray:
+    """Decode pixel data through MONAI (rescale slope/intercept applied), rows x columns."""
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
+    loader = LoadImage(reader=PydicomReader(swap_ij=False), image_only=True)
+    with warnings.catch_warnings():
+        # MONAI warns about its optional GPU decoder and about the patient-space affine of
+        # projection images; neither affects the 2D pixel array we take.
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(loader(str(path)), dtype=np.float32)
+
+
+def read_dicom(path: Path, frame: int | None = None) -> Scan:
+    """Read one frame of a grayscale DICOM image in physical units, display polarity."""
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise ScanReadError(f"{path.name} is not a DICOM file ({exc})") from exc
+    except Exception as exc:  # pydicom raises many types on truncated or corrupt files
+        raise ScanReadError(f"{path.name}: cannot parse DICOM ({exc}); the file may be "
+                            "truncated or corrupt") from exc
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise UnsupportedScanError(
+            f"{path.name} has no pixel data (SOP class "
+            f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); give an image object"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in GRAYSCALE or int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise UnsupportedScanError(
+            f"{path.name} is a colour DICOM ({photometric}); medsingan trains on grayscale "
+            "scans: convert it to MONOCHROME2 first"
+        )
+    _check_decodable(ds, path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frame is not None and not 0 <= frame < frames:
+        raise ScanReadError(f"{path.name} has {frames} frame(s): --frame must be 0..{frames - 1}")
+    try:
+        pixels = _load_pixels(path)
+    except Exception as exc:
+        raise ScanReadError(f"{path.name}: cannot decode pixel data ({exc}); the file may be "
+                            "truncated or corrupt") from exc
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    notes: list[str] = []
+    if frames > 1:
+        if frame is None:
+            frame = frames // 2
+            notes.append(f"multi-frame DICOM with {frames} frames: using frame {frame} "
+                         "(choose with --frame)")
+        pixels = pixels[frame]
+    if pixels.shape != (rows, cols):
+        raise ScanReadError(f"{path.name}: decoded pixels have shape {pixels.shape}, expected "
+                            f"(Rows, Columns) = ({rows}, {cols})")
+    bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    bits_allocated = int(ds.get("BitsAllocated", 16))
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    modality = str(ds.get("Modality", "")) or None
+    rescale_type = str(ds.get("RescaleType", ""))
+    units = ("HU" if modality == "CT" else "stored value") if rescale_type in ("", "US") \
+        else rescale_type
+    meta = ScanMetadata(
+        format="dicom",
+        source_path=str(path.resolve()),
+        sha256=sha256_of(path),
+        rows=rows,
+        columns=cols,
+        modality=modality,
+        body_part=str(ds.get("BodyPartExamined", "")) or None,
+        pixel_spacing=_pixel_spacing(ds),
+        bits_stored=bits_stored,
+        signed=signed,
+        storage_dtype=f"{'int' if signed else 'uint'}{8 if bits_allocated <= 8 else 16}",
+        photometric=photometric,
+        inverted=photometric == "MONOCHROME1",
+        rescale_slope=slope,
+        rescale_intercept=intercept,
+        window_center=_first(ds.get("WindowCenter")),
+        window_width=_first(ds.get("WindowWidth")),
+        units=units,
+        frame=frame if frames > 1 else None,
+        dicom_header=_header_json(ds),
+        notes=notes,
+    )
+    image = pixels.astype(np.float32)
+    if meta.inverted:
+        low, high = meta.physical_range
+        image = (low + high) - image
+        notes.append("MONOCHROME1: intensities inverted so that dense tissue is bright")
+    return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
+
+
+def _now() -> tuple[str, str]:
+    now = _dt.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def write_dicom(
+    image: np.ndarray,
+    like: ScanMetadata,
+    path: Path,
+    *,
+    keep_identifiers: bool = False,
+    patient_id: str | None = None,
+    description: str = "synthetic image generated by medsingan (SinGAN)",
+) -> Path:
+    """Write ``image`` (rows x columns, physical units, display polarity) as a derived DICOM.
+
+    The object gets new Study/Series/SOP Instance UIDs, ImageType DERIVED\\SECONDARY, a
+    derivation description saying it is synthetic, the source's bit depth, signedness and
+    rescale, and is de-identified (PS3.15 basic profile as the guide) unless
+    ``keep_identifiers``. ``patient_id`` replaces the Patient ID (e.g. a study pseudonym).
+    """
+    if like.dicom_header is None:
+        raise ScanWriteError("cannot write DICOM: the source is not a DICOM file; "
+                             "choose --format png or nii")
+    ds = Dataset.from_json(like.dicom_header["dataset"])
+    single_frame = str(ds.get("SOPClassUID", "")) in _SINGLE_FRAME_CLASSES
+    if not single_frame:
+        ds = _secondary_capture_from(ds)
+    for keyword in ("NumberOfFrames", "FrameIncrementPointer", "PerFrameFunctionalGroupsSequence",
+                    "SharedFunctionalGroupsSequence", "PixelPaddingValue", "PixelPaddingRangeLimit",
+                    "SmallestImagePixelValue", "LargestImagePixelValue", "LossyImageCompression",
+                    "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if keyword in ds:
+            del ds[keyword]
+    if not keep_identifiers:
+        deidentify(ds, patient_id=patient_id)
+    elif patient_id is not None:
+        ds.PatientID = patient_id
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, keyword, generate_uid())
+    if "FrameOfReferenceUID" in ds:
+        ds.FrameOfReferenceUID = generate_uid()
+    date, time = _now()
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = (
+        f"{description}; medsingan {__version__}; not an acquired image"[:1024])
+    ds.SeriesDescription = "medsingan synthetic"
+    ds.BurnedInAnnotation = "NO"
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.SeriesNumber = 9901
+    ds.InstanceNumber = 1
+
+    rows, cols = int(image.shape[0]), int(image.shape[1])
+    spacing = like.pixel_spacing
+    if spacing is not None and (rows, cols) != (like.rows, like.columns):
+        spacing = (spacing[0] * like.rows / rows, spacing[1] * like.columns / cols)
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in ds and spacing is not None:
+            ds[keyword].value = [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"]
+    stored = like.to_stored(image)
+    bits_allocated = stored.dtype.itemsize * 8
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = like.photometric
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = like.bits_stored
+    ds.HighBit = like.bits_stored - 1
+    ds.PixelRepresentation = 1 if like.signed else 0
+    if "RescaleSlope" in ds or like.rescale_slope != 1.0 or like.rescale_intercept != 0.0:
+        ds.RescaleSlope = f"{like.rescale_slope:.10g}"
+        ds.RescaleIntercept = f"{like.rescale_intercept:.10g}"
+    ds.PixelData = np.ascontiguousarray(stored).astype(stored.dtype.newbyteorder("<")).tobytes()
+    ds["PixelData"].VR = "OB" if bits_allocated == 8 else "OW"
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    try:
+        with atomic_path(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+    except OSError as exc:
+        raise ScanWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _secondary_capture_from(source: Dataset) -> Dataset:
+    """Keep the patient/study/series context of an enhanced object, as a Secondary Capture."""
+    keep = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+            "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+            "StudyDescription", "Modality", "BodyPartExamined", "PatientOrientation",
+            "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth")
+    ds = Dataset()
+    for keyword in keep:
+        if keyword in source:
+            ds[keyword] = source[keyword]
+    ds.SOPClassUID = _SECONDARY_CAPTURE
+    ds.ConversionType = "WSD"
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                    "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+                    "PatientOrientation"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds

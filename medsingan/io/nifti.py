@@ -1,0 +1,137 @@
+"""NIfTI-1/2 slices: read one 2D slice (pixels through MONAI's NibabelReader) and write a
+derived slice with the geometry of where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medsingan.errors import ScanReadError, ScanWriteError
+from medsingan.io.atomic import atomic_path, sha256_of
+from medsingan.io.scan import Scan, ScanMetadata
+
+
+def _load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    from monai.data import NibabelReader
+    from monai.transforms import LoadImage
+
+    try:
+        header_image = nib.load(str(path))
+        data = LoadImage(reader=NibabelReader(), image_only=True)(str(path))
+    except Exception as exc:
+        raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
+                            "or corrupt") from exc
+    return np.asarray(data, dtype=np.float32), header_image
+
+
+def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int = 2,
+               volume: int | None = None) -> Scan:
+    """Read one 2D slice of a 2D/3D/4D NIfTI file.
+
+    The slice is taken along ``slice_axis`` (0, 1 or 2) at ``slice_index`` (default: the
+    middle slice, with a note). A 4D file needs ``volume`` unless it holds a single volume.
+    The returned image keeps the voxel array's axis order: rows are the first remaining axis.
+    """
+    data, header_image = _load_volume(path)
+    notes: list[str] = []
+    if data.ndim == 4 or (data.ndim > 4 and all(s == 1 for s in data.shape[4:])):
+        data = data.reshape(data.shape[:4])
+        count = data.shape[3]
+        if volume is None and count > 1:
+            raise ScanReadError(f"{path.name} is 4D with {count} volumes: choose one with "
+                                f"--volume 0..{count - 1}")
+        volume = 0 if volume is None else volume
+        if not 0 <= volume < count:
+            raise ScanReadError(f"{path.name} has {count} volume(s): --volume must be "
+                                f"0..{count - 1}")
+        data = data[..., volume]
+    elif volume not in (None, 0):
+        raise ScanReadError(f"{path.name} is not 4D: --volume does not apply")
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise ScanReadError(f"{path.name} has {data.ndim} dimensions; expected 2, 3 or 4")
+    if slice_axis not in (0, 1, 2):
+        raise ScanReadError(f"--slice-axis must be 0, 1 or 2, not {slice_axis}")
+    depth = data.shape[slice_axis]
+    if slice_index is None:
+        slice_index = depth // 2
+        if depth > 1:
+            notes.append(f"{depth} slices along axis {slice_axis}: using the middle slice "
+                         f"{slice_index} (choose with --slice)")
+    if not 0 <= slice_index < depth:
+        raise ScanReadError(f"slice {slice_index} is out of range: {path.name} has {depth} "
+                            f"slice(s) along axis {slice_axis} (0..{depth - 1})")
+    image = np.take(data, slice_index, axis=slice_axis)
+    header = header_image.header
+    zooms = [float(z) for z in header.get_zooms()[:3]]
+    while len(zooms) < 3:
+        zooms.append(1.0)
+    in_plane = [z for axis, z in enumerate(zooms) if axis != slice_axis]
+    dtype = np.dtype(header.get_data_dtype()).newbyteorder("=")
+    # nibabel moves the header's scl_slope/scl_inter into the array proxy on load
+    slope = float(getattr(header_image.dataobj, "slope", 1.0))
+    intercept = float(getattr(header_image.dataobj, "inter", 0.0))
+    is_int = np.issubdtype(dtype, np.integer)
+    meta = ScanMetadata(
+        format="nifti",
+        source_path=str(path.resolve()),
+        sha256=sha256_of(path),
+        rows=int(image.shape[0]),
+        columns=int(image.shape[1]),
+        modality=None,
+        pixel_spacing=(in_plane[0], in_plane[1]),
+        bits_stored=dtype.itemsize * 8,
+        signed=bool(is_int and np.issubdtype(dtype, np.signedinteger)),
+        storage_dtype=dtype.name,
+        rescale_slope=slope if np.isfinite(slope) and slope != 0 else 1.0,
+        rescale_intercept=intercept if np.isfinite(intercept) else 0.0,
+        units="voxel value",
+        slice_axis=slice_axis,
+        slice_index=slice_index,
+        volume=volume,
+        affine=np.asarray(header_image.affine, dtype=float).tolist(),
+        notes=notes,
+    )
+    return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
+
+
+def slice_affine(meta: ScanMetadata, shape: tuple[int, int]) -> np.ndarray:
+    """The affine of a one-slice volume at the source slice position, for an image of
+    ``shape`` (voxel size scaled when the in-plane size differs from the source)."""
+    affine = np.asarray(meta.affine if meta.affine is not None else np.eye(4), dtype=float)
+    axis = meta.slice_axis if meta.slice_axis is not None else 2
+    offset = np.zeros(4)
+    offset[3] = 1.0
+    offset[axis] = float(meta.slice_index or 0)
+    result = affine.copy()
+    result[:, 3] = affine @ offset
+    in_plane = [a for a in range(3) if a != axis]
+    for source_size, size, column in zip((meta.rows, meta.columns), shape, in_plane, strict=True):
+        result[:3, column] = affine[:3, column] * source_size / size
+    return result
+
+
+def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path) -> Path:
+    """Write a 2D slice as a one-slice NIfTI volume with the source's affine, dtype and
+    scaling (integers clipped to the source dtype's range)."""
+    axis = like.slice_axis if like.slice_axis is not None else 2
+    volume = np.expand_dims(image.astype(np.float64), axis)
+    dtype = np.dtype(like.storage_dtype)
+    stored = (volume - like.rescale_intercept) / like.rescale_slope
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        stored = np.clip(np.rint(stored), info.min, info.max)
+    out = nib.Nifti1Image(stored.astype(dtype), slice_affine(like, image.shape))
+    out.header.set_slope_inter(like.rescale_slope, like.rescale_intercept)
+    out.header.set_xyzt_units("mm")
+    out.set_qform(out.affine, code=1)
+    out.set_sform(out.affine, code=1)
+    try:
+        with atomic_path(path) as tmp:
+            nib.save(out, str(tmp))
+    except OSError as exc:
+        raise ScanWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
