@@ -4,8 +4,6 @@ derived, de-identified DICOM objects."""
 from __future__ import annotations
 
 import datetime as _dt
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,8 @@ from medsingan.errors import (
 )
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.deid import deidentify
+from medsingan.io.monai_loader import load_pixels
 from medsingan.io.scan import Scan, ScanMetadata
-
-# MONAI registers an optional GPU decoder plugin and logs a warning when it is absent.
-logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
@@ -111,14 +107,8 @@ def _header_json(ds: Dataset) -> dict[str, Any]:
 def _load_pixels(path: Path) -> np.ndarray:
     """Decode pixel data through MONAI (rescale slope/intercept applied), rows x columns."""
     from monai.data import PydicomReader
-    from monai.transforms import LoadImage
 
-    loader = LoadImage(reader=PydicomReader(swap_ij=False), image_only=True)
-    with warnings.catch_warnings():
-        # MONAI warns about its optional GPU decoder and about the patient-space affine of
-        # projection images; neither affects the 2D pixel array we take.
-        warnings.simplefilter("ignore", UserWarning)
-        return np.asarray(loader(str(path)), dtype=np.float32)
+    return load_pixels(path, PydicomReader(swap_ij=False)).astype(np.float32)
 
 
 def read_dicom(path: Path, frame: int | None = None) -> Scan:
@@ -244,7 +234,8 @@ def write_dicom(
     if "FrameOfReferenceUID" in ds:
         ds.FrameOfReferenceUID = generate_uid()
     date, time = _now()
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    # values 3+ (e.g. AXIAL for CT) are required by some IODs: keep the source's
+    ds.ImageType = ["DERIVED", "SECONDARY", *list(ds.get("ImageType", []))[2:]]
     ds.DerivationDescription = (
         f"{description}; medsingan {__version__}; not an acquired image"[:1024])
     ds.SeriesDescription = "medsingan synthetic"

@@ -10,16 +10,16 @@ import numpy as np
 
 from medsingan.errors import ScanReadError, ScanWriteError
 from medsingan.io.atomic import atomic_path, sha256_of
+from medsingan.io.monai_loader import load_pixels
 from medsingan.io.scan import Scan, ScanMetadata
 
 
 def _load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     from monai.data import NibabelReader
-    from monai.transforms import LoadImage
 
     try:
         header_image = nib.load(str(path))
-        data = LoadImage(reader=NibabelReader(), image_only=True)(str(path))
+        data = load_pixels(path, NibabelReader())
     except Exception as exc:
         raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
                             "or corrupt") from exc

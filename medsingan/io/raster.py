@@ -9,6 +9,7 @@ from PIL import Image
 
 from medsingan.errors import ScanReadError, ScanWriteError
 from medsingan.io.atomic import atomic_path, sha256_of
+from medsingan.io.monai_loader import load_pixels
 from medsingan.io.scan import Scan, ScanMetadata
 
 RASTER_FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -20,10 +21,8 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 def _load_pixels(path: Path) -> np.ndarray:
     """Decode through MONAI's PILReader, keeping (rows, columns[, channels]) order."""
     from monai.data import PILReader
-    from monai.transforms import LoadImage
 
-    loader = LoadImage(reader=PILReader(reverse_indexing=False), image_only=True)
-    return np.asarray(loader(str(path)))
+    return load_pixels(path, PILReader(reverse_indexing=False))
 
 
 def read_raster(path: Path) -> Scan:

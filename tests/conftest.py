@@ -1,0 +1,56 @@
+"""Shared fixtures: real scans shipped by the pydicom, pydicom-data and nibabel packages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nibabel
+import pytest
+from pydicom.data import get_testdata_file
+
+NIBABEL_DATA = Path(os.path.dirname(nibabel.__file__)) / "tests" / "data"
+
+
+def dicom_file(name: str) -> Path:
+    """Path of a DICOM test file by exact name (never a wildcard: that would try a download)."""
+    path = get_testdata_file(name)
+    assert path is not None, f"{name} not found: install the dev extra (pydicom-data)"
+    return Path(path)
+
+
+def nifti_file(name: str) -> Path:
+    path = NIBABEL_DATA / name
+    assert path.exists(), path
+    return path
+
+
+@pytest.fixture
+def copy_to(tmp_path: Path):
+    """Copy a file into the test's folder (to damage it or write beside it)."""
+
+    def _copy(source: Path, name: str | None = None) -> Path:
+        target = tmp_path / (name or source.name)
+        shutil.copyfile(source, target)
+        return target
+
+    return _copy
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Error lines dciodvfy (Debian's dicom3tools) reports for a file."""
+    import subprocess
+
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (result.stdout + result.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+@pytest.fixture(scope="session")
+def dciodvfy() -> None:
+    """dciodvfy must be there in CI (.ci/run installs it); locally a test may skip without it."""
+    if shutil.which("dciodvfy") is None:
+        if os.environ.get("CI"):
+            pytest.fail("dciodvfy is missing: .ci/run installs Debian's dicom3tools")
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
