@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,decoders]'
 	touch $(STAMP)
 
+# The CR chest radiograph (MONOCHROME1, 15-bit) that the pydicom-data package ships.
+CHEST = $$($(BIN)/python -c 'from pydicom.data import get_testdata_file as g; print(g("RG1_UNCR.dcm"))')
+
 demo: $(STAMP)
-	$(BIN)/python -m medsingan.demo
+	$(BIN)/medsingan inspect "$(CHEST)" --preview demo_output/chest_preview.png
 
 test: $(STAMP)
 	$(BIN)/ruff check .

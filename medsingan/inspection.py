@@ -12,7 +12,7 @@ from PIL import Image
 
 from medsingan.io import Scan, read_scan
 from medsingan.io.atomic import atomic_path
-from medsingan.preprocess import IntensityMapping, intensity_mapping, to_unit_image
+from medsingan.preprocess import IntensityMapping, prepare_scan
 from medsingan.presets import Preset, resolve_preset
 from medsingan.pyramid import pyramid_shapes, resize
 
@@ -47,9 +47,8 @@ def inspect_scan(path: Path, *, modality: str = "auto", window: str | None = Non
     scan = read_scan(path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
                      volume=volume)
     preset = resolve_preset(modality, scan.meta.modality)
-    mapping = intensity_mapping(scan, preset, window)
     min_size = int(preset.train.get("min_size", 25))
-    unit = to_unit_image(scan, mapping, min_size=min_size)
+    mapping, unit = prepare_scan(scan, preset, window=window, min_size=min_size)
     shapes = pyramid_shapes(*unit.shape, min_size=min_size,
                             max_size=int(preset.train.get("max_size", 250)),
                             scale_factor=float(preset.train.get("scale_factor", 0.75)))

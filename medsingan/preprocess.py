@@ -29,6 +29,10 @@ class IntensityMapping:
     method: str
     detail: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.high > self.low:
+            raise ConfigError(f"intensity mapping needs high > low, got [{self.low}, {self.high}]")
+
     def to_unit(self, image: np.ndarray) -> np.ndarray:
         """Physical values -> [-1, 1] (float32), clipped to [low, high] first."""
         clipped = np.clip(image.astype(np.float64), self.low, self.high)
@@ -80,16 +84,25 @@ def check_trainable(image: np.ndarray, *, min_size: int, name: str = "image") ->
     if not np.all(np.isfinite(image)):
         raise InvalidImageError(f"{name} has NaN/inf values")
     if float(image.max()) == float(image.min()):
-        raise InvalidImageError(f"{name} is constant (every pixel {float(image.min()):g} after "
-                                "the preset's mapping): there is nothing to learn")
+        raise InvalidImageError(f"{name} is constant (every pixel {float(image.min()):g}): "
+                                "there is nothing to learn")
     if min(image.shape) < min_size:
         raise InvalidImageError(
             f"{name} is {image.shape[0]}x{image.shape[1]} px, smaller than the coarsest pyramid "
             f"size {min_size} px; use a larger image or lower --min-size")
 
 
-def to_unit_image(scan: Scan, mapping: IntensityMapping, *, min_size: int) -> np.ndarray:
-    """The scan as the trainer sees it at full resolution: [-1, 1], float32, (rows, cols)."""
+def prepare_scan(scan: Scan, preset: Preset, *, window: str | None = None,
+                 min_size: int = 25) -> tuple[IntensityMapping, np.ndarray]:
+    """The scan as the trainer sees it at full resolution, and the mapping that got it there.
+
+    Returns ``(mapping, unit)`` with ``unit`` in [-1, 1], float32, (rows, cols). Raises
+    InvalidImageError for a constant scan, one the mapping makes constant (a CT window that
+    misses every pixel), or one too small for the pyramid.
+    """
+    name = scan.meta.source_path.rsplit("/", 1)[-1]
+    check_trainable(scan.image, min_size=min_size, name=name)
+    mapping = intensity_mapping(scan, preset, window)
     unit = mapping.to_unit(scan.image)
-    check_trainable(unit, min_size=min_size, name=scan.meta.source_path.rsplit("/", 1)[-1])
-    return unit
+    check_trainable(unit, min_size=min_size, name=f"{name} after the {preset.name} mapping")
+    return mapping, unit
