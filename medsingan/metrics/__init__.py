@@ -1,0 +1,1 @@
+"""Quality metrics: SIFID, diversity, similarity to the source, patch statistics."""

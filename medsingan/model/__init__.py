@@ -1,0 +1,1 @@
+"""SinGAN networks, the trained pyramid container and its safetensors serialization."""
