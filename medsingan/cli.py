@@ -108,6 +108,140 @@ def inspect(
         typer.echo(f"preview     {preview}")
 
 
+class SpeedPreset(str, Enum):
+    fast = "fast"
+    paper = "paper"
+
+
+class Norm(str, Enum):
+    batch = "batch"
+    instance = "instance"
+    none = "none"
+
+
+class Activation(str, Enum):
+    lrelu = "lrelu"
+    relu = "relu"
+    elu = "elu"
+
+
+class Padding(str, Enum):
+    zero = "zero"
+    reflect = "reflect"
+    circular = "circular"
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else str(choice.value)
+
+
+@app.command()
+def train(
+    scan: ScanArg,
+    modality: ModalityOpt = Modality.auto,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run directory [default: runs/<scan name>].",
+        show_default=False)] = None,
+    preset: Annotated[SpeedPreset, typer.Option(
+        "--preset", help="Hyper-parameter preset: fast (measured default) or paper (the "
+        "paper's settings exactly, ignoring the modality preset's training section).")
+    ] = SpeedPreset.fast,
+    window: WindowOpt = None,
+    frame: FrameOpt = None,
+    slice_index: SliceOpt = None,
+    slice_axis: SliceAxisOpt = 2,
+    volume: VolumeOpt = None,
+    iters: Annotated[int | None, typer.Option(
+        "--iters", help="Iterations per scale [default: preset's; paper 2000].",
+        show_default=False)] = None,
+    min_size: Annotated[int | None, typer.Option(
+        "--min-size", help="Shorter side of the coarsest scale, px [default: 25].",
+        show_default=False)] = None,
+    max_size: Annotated[int | None, typer.Option(
+        "--max-size", help="Longer side of the finest scale, px [default: 250].",
+        show_default=False)] = None,
+    scale_factor: Annotated[float | None, typer.Option(
+        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: 0.75, "
+        "then adjusted so the coarsest side is exactly --min-size].", show_default=False)] = None,
+    nfc: Annotated[int | None, typer.Option(
+        "--nfc", help="Channels at the coarsest scales, doubled every 4 scales [default: 32].",
+        show_default=False)] = None,
+    max_nfc: Annotated[int | None, typer.Option(
+        "--max-nfc", help="Channel cap [default: 128].", show_default=False)] = None,
+    norm: Annotated[Norm | None, typer.Option(
+        "--norm", help="Normalisation layer [default: the modality preset's].",
+        show_default=False)] = None,
+    activation: Annotated[Activation | None, typer.Option(
+        "--activation", help="Activation [default: lrelu (slope 0.2)].",
+        show_default=False)] = None,
+    padding: Annotated[Padding | None, typer.Option(
+        "--padding", help="How the input is padded by the receptive-field margin "
+        "[default: zero].", show_default=False)] = None,
+    gp_every: Annotated[int | None, typer.Option(
+        "--gp-every", help="Gradient penalty on every k-th critic step (lazy, scaled by k) "
+        "[default: preset's; paper 1].", show_default=False)] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", help="Reconstruction loss weight [default: 10].", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help="Adam learning rate of generator and critic [default: 5e-4].",
+        show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Random seed [default: 0].", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu, cuda or cuda:N [default: auto].",
+        show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run from its last finished scale.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a run already in the run directory.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bars or per-scale summaries.")] = False,
+) -> None:
+    """Train a SinGAN on one scan: one model per scan, written to a run directory."""
+    from medsingan.runs import train_scan
+
+    overrides = {
+        "iters": iters, "min_size": min_size, "max_size": max_size,
+        "scale_factor": scale_factor, "nfc": nfc, "max_nfc": max_nfc, "norm": _value(norm),
+        "activation": _value(activation), "padding": _value(padding), "gp_every": gp_every,
+        "alpha": alpha, "lr_g": lr, "lr_d": lr, "seed": seed, "device": device,
+    }
+    run_dir, _ = train_scan(scan, out, modality=modality.value, window=window, frame=frame,
+                            slice_index=slice_index, slice_axis=slice_axis, volume=volume,
+                            speed_preset=preset.value, overrides=overrides, resume=resume,
+                            overwrite=overwrite, progress=not quiet)
+    typer.echo(f"run directory: {run_dir}")
+
+
+@app.command()
+def info(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by train.",
+                                            show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Show a run's pyramid: sizes, widths, noise amplitudes, iterations and time per scale."""
+    from medsingan.train import run_summary
+
+    summary = run_summary(run_dir)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    extra = summary.get("extra") or {}
+    source = (extra.get("source") or {}).get("source_path", "?")
+    state = "complete" if summary["complete"] else "incomplete (resume with train --resume)"
+    typer.echo(f"run         {summary['run_dir']}  ({state})")
+    typer.echo(f"source      {source}")
+    typer.echo(f"presets     {extra.get('modality_preset', '?')} / "
+               f"{extra.get('speed_preset', '?')}, scale factor {summary['scale_factor']:.4f}")
+    typer.echo("scale  size (h x w)  channels  noise amp   iters   seconds")
+    for entry in summary["scales"]:
+        amp = "-" if entry["noise_amp"] is None else f"{entry['noise_amp']:.4g}"
+        secs = "-" if entry["seconds"] is None else f"{entry['seconds']:.1f}"
+        typer.echo(f"{entry['scale']:>5}  {entry['height']:>4} x {entry['width']:<6} "
+                   f"{entry['channels']:>8}  {amp:>9}  {entry['iters']:>6}  {secs:>8}")
+    typer.echo(f"total       {summary['total_seconds']:.1f} s")
+
+
 def main() -> None:
     """Console entry point: MedsinganError -> one line on stderr, exit code 2."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(monai|pydicom)\b")

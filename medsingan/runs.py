@@ -1,0 +1,85 @@
+"""Scan -> trained run directory: the composition behind ``medsingan train``.
+
+Reads the scan (io), maps it with its modality preset (preprocess), resolves the training
+hyper-parameters (speed preset < modality preset < explicit options) and trains (train).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from medsingan import __version__
+from medsingan.errors import ConfigError
+from medsingan.io import read_scan
+from medsingan.model.container import TrainedPyramid
+from medsingan.preprocess import prepare_scan
+from medsingan.presets import resolve_preset
+from medsingan.train import TrainConfig, train
+
+TRAINING_PRESETS = ("fast", "paper")
+
+
+def training_preset(name: str) -> dict[str, Any]:
+    """The overrides of a speed preset from ``configs/training.yaml``."""
+    if name not in TRAINING_PRESETS:
+        raise ConfigError(f"unknown training preset '{name}'; choose one of: "
+                          f"{', '.join(TRAINING_PRESETS)}")
+    text = resources.files("medsingan.configs").joinpath("training.yaml").read_text("utf-8")
+    return dict(yaml.safe_load(text)[name] or {})
+
+
+def resolve_train_config(speed_preset: str, modality_train: dict[str, Any],
+                         overrides: dict[str, Any]) -> TrainConfig:
+    """Speed preset, then the modality preset's ``train:`` section (not for ``paper``), then
+    explicit options (``None`` values are ignored)."""
+    values = training_preset(speed_preset)
+    if speed_preset != "paper":
+        values.update(modality_train)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)
+
+
+def default_run_dir(scan_path: Path) -> Path:
+    """``runs/<scan name without its suffixes>``."""
+    name = scan_path.name
+    for suffix in (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".tiff", ".tif", ".jpeg", ".jpg"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path("runs") / (name or "scan")
+
+
+def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = "auto",
+               window: str | None = None, frame: int | None = None,
+               slice_index: int | None = None, slice_axis: int = 2, volume: int | None = None,
+               speed_preset: str = "fast", overrides: dict[str, Any] | None = None,
+               resume: bool = False, overwrite: bool = False, progress: bool = True,
+               last_scale: int = 0) -> tuple[Path, TrainedPyramid]:
+    """Train a SinGAN on one scan slice; returns the run directory and the trained pyramid.
+
+    The run's ``config.json`` records, under ``extra``, the source (path, sha256, geometry,
+    intensity facts; no identifying DICOM header), the modality preset and the intensity
+    mapping, so that samples can be mapped back to the source's units.
+    """
+    scan = read_scan(scan_path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
+                     volume=volume)
+    preset = resolve_preset(modality, scan.meta.modality)
+    config = resolve_train_config(speed_preset, preset.train, overrides or {})
+    mapping, unit = prepare_scan(scan, preset, window=window, min_size=config.min_size)
+    run_dir = run_dir or default_run_dir(Path(scan_path))
+    extra = {
+        "source": scan.meta.to_dict(),
+        "modality_preset": preset.name,
+        "speed_preset": speed_preset,
+        "intensity_mapping": mapping.to_dict(),
+        "medsingan_version": __version__,
+    }
+    image = torch.from_numpy(unit)[None, None]
+    pyramid = train(image, config, run_dir, extra_config=extra, resume=resume,
+                    overwrite=overwrite, progress=progress, last_scale=last_scale)
+    return run_dir, pyramid
