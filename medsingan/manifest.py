@@ -1,0 +1,609 @@
+"""Manifests: one CSV row per image, the list a classifier pipeline reads unchanged.
+
+Schema (the required columns, in this order; extra columns may follow them):
+
+==================== ======= =============================================================
+column               type    meaning
+==================== ======= =============================================================
+image                path    the image, relative to the manifest's folder (POSIX ``/``)
+label                text    class label or finding (``pneumonia``, ``0``, ...)
+split                text    ``train`` / ``val`` / ``test`` / ... ; empty = unassigned
+synthetic            bool    ``true`` for generated images, ``false`` for real ones
+source_image         path    the real image a synthetic one was generated from (relative)
+subject_id           text    patient / subject identifier
+modality             text    ``CT``, ``MR``, ``CR``, ...
+method               text    one of :data:`METHODS`; ``real`` exactly when not synthetic
+model                text    the run directory or model that produced the image
+start_scale          int     pyramid scale generation started at (0 = finest)
+seed                 int     the seed that reproduces this sample
+sifid                float   Single-Image FID to the source (lower = closer)
+sifid_variant        text    the exact SIFID variant (weights, block, resize)
+diversity            float   the cohort's diversity score (same on every row of a cohort)
+similarity_to_source float   SSIM to the source image (high = possible memorisation)
+height               int     rows, in pixels
+width                int     columns, in pixels
+created_at           time    ISO 8601 UTC, e.g. ``2024-05-01T12:00:00Z``
+==================== ======= =============================================================
+
+Booleans are written ``true``/``false``; a missing value is an empty field. Split inheritance:
+a synthetic row always carries the ``split`` and ``subject_id`` of its source, so that a
+synthetic image of a test-set patient never reaches a training split; :func:`check_manifest`
+reports every row that breaks this.
+
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> manifest = folder / "cohort.csv"
+>>> append_rows(manifest, [ManifestRow(image=str(folder / "scan.png"), split="test",
+...                                    subject_id="P1", height=64, width=64)])
+1
+>>> table = read_manifest(manifest)
+>>> table.image.tolist(), table.split.tolist(), table.synthetic.tolist(), table.height.tolist()
+(['scan.png'], ['test'], [False], [64])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import posixpath
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePath
+from typing import Literal
+
+import pandas as pd
+
+from medsingan.errors import MedsinganError
+from medsingan.io.atomic import atomic_path
+
+__all__ = [
+    "COLUMNS",
+    "METHODS",
+    "PROBLEM_KINDS",
+    "ManifestError",
+    "ManifestRow",
+    "Problem",
+    "append_rows",
+    "check_manifest",
+    "merge_manifests",
+    "read_manifest",
+    "relative_to_manifest",
+    "resolve_image",
+    "utc_timestamp",
+]
+
+COLUMNS: tuple[str, ...] = (
+    "image", "label", "split", "synthetic", "source_image", "subject_id", "modality", "method",
+    "model", "start_scale", "seed", "sifid", "sifid_variant", "diversity",
+    "similarity_to_source", "height", "width", "created_at",
+)
+METHODS: tuple[str, ...] = ("random", "edit", "harmonize", "paint", "super_resolution", "real")
+PROBLEM_KINDS: tuple[str, ...] = (
+    "schema", "missing_file", "duplicate_row", "duplicate_image", "leak", "inheritance",
+    "subject_in_several_splits",
+)
+
+_PATH_COLUMNS = ("image", "source_image")
+# The columns that must agree when two manifests list the same image.
+_IDENTITY_COLUMNS = ("split", "label", "subject_id")
+
+Record = dict[str, str]
+
+
+class ManifestError(MedsinganError):
+    """A manifest cannot be read, written or merged (bad header, conflicting rows, ...)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :func:`check_manifest`.
+
+    ``kind`` is one of :data:`PROBLEM_KINDS`; ``row`` is the 1-based data row (row 1 is the
+    first line after the header), ``None`` for a problem of the whole file.
+    """
+
+    kind: str
+    row: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = "header" if self.row is None else f"row {self.row}"
+        return f"{where}: {self.kind}: {self.message}"
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """``moment`` (default: now) as ISO 8601 UTC to the second, e.g. ``2024-05-01T12:00:00Z``."""
+    moment = datetime.now(timezone.utc) if moment is None else moment
+    if moment.tzinfo is None:
+        raise ManifestError(f"created_at {moment.isoformat()} has no time zone; give it in UTC")
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def relative_to_manifest(path: str | os.PathLike[str], manifest_path: str | os.PathLike[str]
+                         ) -> str:
+    """``path`` relative to the manifest's folder, with POSIX separators.
+
+    A relative ``path`` is taken relative to the current directory, like any file argument.
+
+    >>> relative_to_manifest("/data/run/samples/s_0001.dcm", "/data/manifests/run.csv")
+    '../run/samples/s_0001.dcm'
+    """
+    folder = os.path.dirname(os.path.abspath(manifest_path))
+    try:
+        relative = os.path.relpath(os.path.abspath(path), folder)
+    except ValueError as error:  # Windows: another drive has no relative path
+        raise ManifestError(f"{path} cannot be written relative to {folder}: {error}") from None
+    return PurePath(relative).as_posix()
+
+
+def resolve_image(manifest_path: str | os.PathLike[str], relative: str) -> Path:
+    """The file a manifest path names: ``relative`` joined to the manifest's folder."""
+    return Path(os.path.dirname(os.path.abspath(manifest_path))) / relative
+
+
+@dataclass
+class ManifestRow:
+    """One image of a manifest; the fields are the required columns, ``extra`` the others.
+
+    ``image`` and ``source_image`` may be given absolute: :func:`append_rows` rewrites them
+    relative to the manifest's folder. ``None`` is a missing value. ``created_at`` defaults
+    to the moment the row is made.
+    """
+
+    image: str
+    label: str = ""
+    split: str = ""
+    synthetic: bool = False
+    source_image: str = ""
+    subject_id: str = ""
+    modality: str = ""
+    method: str = "real"
+    model: str = ""
+    start_scale: int | None = None
+    seed: int | None = None
+    sifid: float | None = None
+    sifid_variant: str = ""
+    diversity: float | None = None
+    similarity_to_source: float | None = None
+    height: int | None = None
+    width: int | None = None
+    created_at: str = field(default_factory=utc_timestamp)
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not str(self.image):
+            raise ManifestError("a manifest row needs an image path")
+        if self.method not in METHODS:
+            raise ManifestError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if not isinstance(self.synthetic, bool):
+            raise ManifestError(f"synthetic must be True or False, not {self.synthetic!r}")
+        if self.synthetic == (self.method == "real"):
+            raise ManifestError(f"{self.image}: method {self.method!r} contradicts "
+                                f"synthetic={self.synthetic}; 'real' is for real images only")
+        clashes = sorted(set(self.extra) & set(COLUMNS))
+        if clashes:
+            raise ManifestError(f"extra columns {', '.join(clashes)} clash with required ones")
+
+    def to_record(self, manifest_path: str | os.PathLike[str]) -> Record:
+        """The row as CSV fields, paths made relative to ``manifest_path``'s folder."""
+        record = {column: _format_value(getattr(self, column)) for column in COLUMNS}
+        for column in _PATH_COLUMNS:
+            if os.path.isabs(record[column]):
+                record[column] = relative_to_manifest(record[column], manifest_path)
+        record.update({str(key): _format_value(value) for key, value in self.extra.items()})
+        return record
+
+
+def _format_value(value: object) -> str:
+    """CSV text of one value: ``true``/``false``, shortest round-trip floats, empty if missing."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) or type(value).__name__.startswith("float"):
+        number = float(value)  # type: ignore[arg-type]
+        return "" if math.isnan(number) else repr(number)
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    return str(value)
+
+
+# --- value parsers: shared by read_manifest (converts) and check_manifest (reports) ----------
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"must be true or false, not {text!r}")
+    return text.lower() == "true"
+
+
+def _parse_int(text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {text!r}") from None
+    if not value.is_integer() or value < 0:
+        raise ValueError(f"must be a whole number >= 0, not {text!r}")
+    return int(value)
+
+
+def _parse_size(text: str) -> int | None:
+    value = _parse_int(text)
+    if value == 0:
+        raise ValueError("must be a positive number of pixels, not 0")
+    return value
+
+
+def _parse_float(text: str) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number, not {text!r}") from None
+    if math.isnan(value):
+        raise ValueError("must be a number or empty, not NaN")
+    return value
+
+
+def _parse_method(text: str) -> str:
+    if text not in METHODS:
+        raise ValueError(f"must be one of {', '.join(METHODS)}, not {text!r}")
+    return text
+
+
+def _parse_timestamp(text: str) -> pd.Timestamp | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError(f"must be ISO 8601, e.g. 2024-05-01T12:00:00Z, not {text!r}") from None
+    if moment.utcoffset() is None or moment.utcoffset().total_seconds() != 0:
+        raise ValueError(f"must be in UTC (ending Z or +00:00), not {text!r}")
+    return pd.Timestamp(moment)
+
+
+def _parse_image(text: str) -> str:
+    if not text:
+        raise ValueError("is empty; every row names its image")
+    return text
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "image": _parse_image,
+    "synthetic": _parse_bool,
+    "method": _parse_method,
+    "start_scale": _parse_int,
+    "seed": _parse_int,
+    "sifid": _parse_float,
+    "diversity": _parse_float,
+    "similarity_to_source": _parse_float,
+    "height": _parse_size,
+    "width": _parse_size,
+    "created_at": _parse_timestamp,
+}
+_DTYPES = {"start_scale": "Int64", "seed": "Int64", "height": "Int64", "width": "Int64",
+           "sifid": "float64", "diversity": "float64", "similarity_to_source": "float64",
+           "synthetic": "bool", "created_at": "datetime64[ns, UTC]"}
+
+
+# --- reading and writing ----------------------------------------------------------------------
+
+def _header_problem(header: Sequence[str]) -> str | None:
+    """What is wrong with a header, in one line, or ``None`` when it fits the schema."""
+    missing = [column for column in COLUMNS if column not in header]
+    if missing:
+        return (f"missing required column(s) {', '.join(missing)}; "
+                f"the first columns must be: {','.join(COLUMNS)}")
+    if tuple(header[: len(COLUMNS)]) != COLUMNS:
+        position = next(i for i, column in enumerate(header) if column != COLUMNS[i])
+        return (f"column {position + 1} is {header[position]!r}, expected "
+                f"{COLUMNS[position]!r}; the first columns must be: {','.join(COLUMNS)}")
+    repeated = sorted({column for column in header if header.count(column) > 1})
+    if repeated:
+        return f"column(s) {', '.join(repeated)} appear more than once"
+    return None
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV file, as the text written; an empty file has neither."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            table = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ManifestError(f"{path}: cannot read the manifest ({error})") from None
+    return (table[0], table[1:]) if table else ([], [])
+
+
+def _read_records(path: Path) -> tuple[list[str], list[Record]]:
+    """Header and rows (column -> text) of a manifest whose header and row widths are valid."""
+    header, rows = _read_table(path)
+    if not header:
+        return list(COLUMNS), []
+    problem = _header_problem(header)
+    if problem:
+        raise ManifestError(f"{path}: {problem}")
+    for number, row in enumerate(rows, start=1):
+        if len(row) != len(header):
+            raise ManifestError(f"{path}: row {number} has {len(row)} fields, "
+                                f"the header has {len(header)}")
+    return header, [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def _write_records(path: Path, header: Sequence[str], records: Iterable[Record]) -> None:
+    """Write the whole CSV to a temporary file beside ``path``, then rename it over ``path``."""
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows([record.get(column, "") for column in header] for record in records)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot write the manifest ({error.strerror})") from None
+
+
+def _union_header(*headers: Sequence[str]) -> list[str]:
+    """The required columns, then every extra column in order of first appearance."""
+    columns = list(COLUMNS)
+    for header in headers:
+        columns += [column for column in header if column not in columns]
+    return columns
+
+
+def _normalise(relative: str) -> str:
+    return posixpath.normpath(relative) if relative else ""
+
+
+def append_rows(manifest_path: str | os.PathLike[str], rows: Iterable[ManifestRow],
+                on_existing: Literal["error", "replace", "skip"] = "error") -> int:
+    """Append ``rows`` to the manifest (created if absent), atomically; return rows written.
+
+    The existing file's header must fit the schema; extra columns are the union of the file's
+    and the rows'. The whole new CSV is written to a temporary file in the same folder and
+    renamed over the old one, so a crash leaves either the old or the new manifest, never half
+    of one. A row whose image is already listed raises :class:`ManifestError`, or with
+    ``on_existing="replace"`` takes the old row's place, with ``"skip"`` is left out (resuming
+    an interrupted run).
+    """
+    path = Path(manifest_path)
+    header, records = _read_records(path) if path.exists() else (list(COLUMNS), [])
+    position = {_normalise(record["image"]): i for i, record in enumerate(records)}
+    written = 0
+    new_columns: list[str] = []
+    for row in rows:
+        record = row.to_record(path)
+        new_columns += [column for column in record if column not in new_columns]
+        key = _normalise(record["image"])
+        if key not in position:
+            position[key] = len(records)
+            records.append(record)
+        elif on_existing == "skip":
+            continue
+        elif on_existing == "replace":
+            records[position[key]] = record
+        else:
+            raise ManifestError(f"{path}: {record['image']} is already listed; "
+                                "pass on_existing='replace' or 'skip'")
+        written += 1
+    _write_records(path, _union_header(header, new_columns), records)
+    return written
+
+
+def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The manifest as a DataFrame with typed columns.
+
+    ``synthetic`` is bool, ``start_scale``/``seed``/``height``/``width`` nullable ``Int64``,
+    scores float (NaN when missing), ``created_at`` a UTC timestamp, the other columns text
+    (empty string when missing); extra columns are numbers where every value is one, else text.
+    Paths stay relative: join them with :func:`resolve_image`. A header that does not fit the
+    schema, or a value of the wrong type, raises :class:`ManifestError` with a one-line message
+    (``medsingan manifest check`` lists every problem).
+    """
+    path = Path(path)
+    header, records = _read_records(path)
+    table = pd.DataFrame.from_records(records, columns=header)
+    for column, parse in _PARSERS.items():
+        values = []
+        for number, text in enumerate(table[column], start=1):
+            try:
+                values.append(parse(text))
+            except ValueError as error:
+                raise ManifestError(f"{path}: row {number}: {column} {error}") from None
+        table[column] = pd.Series(values, dtype=_DTYPES.get(column, "object"))
+    for column in header[len(COLUMNS):]:
+        with contextlib.suppress(ValueError, TypeError):  # a text column stays as written
+            table[column] = pd.to_numeric(table[column].replace("", None))
+    return table
+
+
+def merge_manifests(inputs: Sequence[str | os.PathLike[str]],
+                    output: str | os.PathLike[str]) -> int:
+    """Combine manifests into ``output`` (written atomically); return the number of rows.
+
+    ``image`` and ``source_image`` are rewritten relative to the output's folder, so every
+    path still names the same file. Identical rows are kept once. The same image listed with a
+    different ``split``, ``label`` or ``subject_id`` raises :class:`ManifestError` and writes
+    nothing; listed twice with other differences (a re-scored sample), the first input wins.
+    ``output`` may be one of the inputs.
+    """
+    if not inputs:
+        raise ManifestError("merge needs at least one manifest")
+    output = Path(output)
+    headers: list[list[str]] = []
+    merged: dict[str, tuple[Record, Path]] = {}
+    for source in map(Path, inputs):
+        header, records = _read_records(source)
+        headers.append(header)
+        for record in records:
+            for column in _PATH_COLUMNS:
+                if record[column]:
+                    located = os.path.join(os.path.dirname(os.path.abspath(source)),
+                                           record[column])
+                    record[column] = relative_to_manifest(located, output)
+            key = _normalise(record["image"])
+            if key not in merged:
+                merged[key] = (record, source)
+                continue
+            kept, kept_from = merged[key]
+            for column in _IDENTITY_COLUMNS:
+                if kept[column] != record[column]:
+                    raise ManifestError(
+                        f"{record['image']} has {column} {kept[column]!r} in {kept_from} "
+                        f"but {record[column]!r} in {source}; fix one before merging")
+    columns = _union_header(*headers)
+    _write_records(output, columns, (record for record, _ in merged.values()))
+    return len(merged)
+
+
+# --- checking -----------------------------------------------------------------------------------
+
+def check_manifest(path: str | os.PathLike[str]) -> list[Problem]:
+    """Every problem of a manifest, in row order; an empty list means it is fine.
+
+    Reported (``Problem.kind``):
+
+    - ``schema``: header not fitting :data:`COLUMNS`, a row of the wrong width, a value of the
+      wrong type (method not in :data:`METHODS`, synthetic not true/false, non-numeric or
+      non-positive height/width, bad score, seed or time), method ``real`` on a synthetic row
+      (or the reverse), a synthetic row without ``source_image``;
+    - ``missing_file``: ``image`` does not exist relative to the manifest's folder;
+    - ``duplicate_row``: a row identical to an earlier one;
+    - ``duplicate_image``: an image listed again with different values;
+    - ``leak``: a synthetic row in another split than its source image (listed as an image or
+      as the source of other synthetic rows), or whose subject appears in another split;
+    - ``inheritance``: a synthetic row whose subject_id differs from its source image's row;
+    - ``subject_in_several_splits``: real images of one subject in several splits (once per
+      subject).
+
+    Empty splits count as unassigned: only a synthetic row's own source must match them.
+    A manifest that cannot be read at all raises :class:`ManifestError`.
+    """
+    path = Path(path)
+    header, rows = _read_table(path)
+    if not header:
+        return [Problem("schema", None, "the file is empty; it needs the header row")]
+    problem = _header_problem(header)
+    if problem:
+        return [Problem("schema", None, problem)]
+    problems: list[Problem] = []
+    records: list[tuple[int, Record]] = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) != len(header):
+            problems.append(Problem("schema", number, f"{len(row)} fields, the header has "
+                                                      f"{len(header)}"))
+        else:
+            records.append((number, dict(zip(header, row, strict=True))))
+    problems += _value_problems(records)
+    problems += _file_problems(path, records)
+    problems += _leak_problems(records)
+    return sorted(problems, key=lambda p: (p.row or 0, PROBLEM_KINDS.index(p.kind)))
+
+
+def _value_problems(records: list[tuple[int, Record]]) -> list[Problem]:
+    problems = []
+    for number, record in records:
+        for column, parse in _PARSERS.items():
+            try:
+                parse(record[column])
+            except ValueError as error:
+                problems.append(Problem("schema", number, f"{column} {error}"))
+        synthetic = _is_synthetic(record)
+        if record["synthetic"].lower() in ("true", "false") and synthetic == (
+                record["method"] == "real"):
+            problems.append(Problem("schema", number, f"method {record['method']!r} contradicts "
+                                                      f"synthetic {record['synthetic']}"))
+        if synthetic and not record["source_image"]:
+            problems.append(Problem("schema", number, "synthetic row without source_image"))
+    return problems
+
+
+def _file_problems(path: Path, records: list[tuple[int, Record]]) -> list[Problem]:
+    problems = []
+    rows_seen: dict[tuple[str, ...], int] = {}
+    images_seen: dict[str, int] = {}
+    for number, record in records:
+        image = record["image"]
+        row_key = tuple(record.values())
+        if row_key in rows_seen:
+            problems.append(Problem("duplicate_row", number,
+                                    f"same as row {rows_seen[row_key]}"))
+            continue
+        rows_seen[row_key] = number
+        key = _normalise(image)
+        if key in images_seen:
+            problems.append(Problem("duplicate_image", number,
+                                    f"{image} is already listed in row {images_seen[key]}"))
+        images_seen.setdefault(key, number)
+        if image and not resolve_image(path, image).is_file():
+            problems.append(Problem("missing_file", number,
+                                    f"{image} not found in {path.parent or '.'}"))
+    return problems
+
+
+def _leak_problems(records: list[tuple[int, Record]]) -> list[Problem]:
+    by_image = {_normalise(r["image"]): r for _, r in records}
+    # Where each subject and each source image appear: split -> first row showing it. Real
+    # rows are the authority; synthetic siblings are compared only when no real row exists.
+    real_subjects: dict[str, dict[str, int]] = {}
+    all_subjects: dict[str, dict[str, int]] = {}
+    sibling_sources: dict[str, dict[str, int]] = {}
+    for number, record in records:
+        split, subject = record["split"], record["subject_id"]
+        if not split:
+            continue
+        synthetic = _is_synthetic(record)
+        if subject:
+            all_subjects.setdefault(subject, {}).setdefault(split, number)
+            if not synthetic:
+                real_subjects.setdefault(subject, {}).setdefault(split, number)
+        if synthetic and record["source_image"]:
+            source = _normalise(record["source_image"])
+            sibling_sources.setdefault(source, {}).setdefault(split, number)
+    problems = []
+    for number, record in records:
+        if not _is_synthetic(record):
+            continue
+        split, subject = record["split"], record["subject_id"]
+        source, shown_source = _normalise(record["source_image"]), record["source_image"]
+        source_row = by_image.get(source)
+        if source_row is not None:
+            if source_row["split"] != split:
+                problems.append(Problem("leak", number, f"synthetic image in split {split!r} "
+                                        f"but its source {shown_source} is in "
+                                        f"{source_row['split']!r}"))
+            if source_row["subject_id"] != subject:
+                problems.append(Problem("inheritance", number, f"subject_id {subject!r} differs "
+                                        f"from its source's {source_row['subject_id']!r}"))
+        elif split and len(sibling_sources.get(source, {})) > 1:
+            problems.append(Problem("leak", number, f"synthetic image in split {split!r} but "
+                                    f"its source {shown_source} also has synthetic images in "
+                                    f"{_where(sibling_sources[source], split)}"))
+        subject_splits = real_subjects.get(subject) or all_subjects.get(subject, {})
+        if split and subject and set(subject_splits) - {split}:
+            problems.append(Problem("leak", number, f"synthetic image in split {split!r} but "
+                                    f"subject {subject!r} is in "
+                                    f"{_where(subject_splits, split)}"))
+    for subject, splits in real_subjects.items():
+        if len(splits) > 1:
+            problems.append(Problem("subject_in_several_splits", max(splits.values()),
+                                    f"real images of subject {subject!r} in "
+                                    f"{_where(splits, None)}"))
+    return problems
+
+
+def _is_synthetic(record: Record) -> bool:
+    return record["synthetic"].lower() == "true"
+
+
+def _where(splits: dict[str, int], own: str | None) -> str:
+    """``'test' (row 4), 'val' (row 9)``: the splits other than ``own``, each with a row."""
+    return ", ".join(f"{split!r} (row {number})" for split, number in sorted(splits.items())
+                     if split != own)
