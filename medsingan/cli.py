@@ -242,11 +242,48 @@ def info(
     typer.echo(f"total       {summary['total_seconds']:.1f} s")
 
 
+manifest_app = typer.Typer(help="Validate and combine CSV manifests.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+
+ManifestArg = Annotated[Path, typer.Argument(help="A manifest CSV.", show_default=False)]
+
+
+@manifest_app.command("check")
+def manifest_check(manifest: ManifestArg) -> None:
+    """Find missing files, duplicates, schema problems and split leaks (exit 1 if any)."""
+    from medsingan.manifest import check_manifest
+
+    problems = check_manifest(manifest)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) in {manifest}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{manifest}: OK")
+
+
+@manifest_app.command("merge")
+def manifest_merge(
+    manifests: Annotated[list[Path], typer.Argument(help="Manifests to combine.",
+                                                    show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The combined manifest "
+                                         "(paths rewritten relative to its folder).",
+                                         show_default=False)],
+) -> None:
+    """Combine manifests into one, dropping duplicate rows and refusing conflicts."""
+    from medsingan.manifest import merge_manifests
+
+    count = merge_manifests(manifests, output)
+    typer.echo(f"{output}: {count} row(s)")
+
+
 def main() -> None:
     """Console entry point: MedsinganError -> one line on stderr, exit code 2."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(monai|pydicom)\b")
     try:
-        app(standalone_mode=False)
+        # without standalone mode, typer.Exit(code) comes back as the return value
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except MedsinganError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -256,8 +293,6 @@ def main() -> None:
     except OSError as exc:
         typer.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
     except typer.TyperException as exc:  # usage errors: bad option values, missing arguments

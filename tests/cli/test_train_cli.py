@@ -1,0 +1,97 @@
+"""`medsingan train`, `info` and `manifest` from the command line, on a real CT slice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.test_inspect import assert_one_line_error, run_cli
+from tests.conftest import dicom_file
+
+TINY = ("--max-size", "32", "--iters", "4", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "ct"
+    result = run_cli("train", dicom_file("CT_small.dcm"), "--out", run_dir, *TINY)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_train_writes_a_self_describing_run(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.json", "weights.safetensors", "history.csv", "curves.png"} <= names
+    assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl", ".pickle"))]
+    config = json.loads((tiny_run / "config.json").read_text())
+    extra = config["extra"]
+    assert extra["modality_preset"] == "ct"
+    assert extra["source"]["sha256"] and extra["source"]["units"] == "HU"
+    assert "dicom_header" not in extra["source"]  # no identifying header in the run
+    assert extra["intensity_mapping"]["method"] == "window"
+
+
+def test_info_lists_every_scale(tiny_run):
+    result = run_cli("info", tiny_run, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["complete"] is True
+    shapes = [(s["height"], s["width"]) for s in summary["scales"]]
+    assert shapes[0] == (32, 32) and shapes[-1] == (25, 25)
+    assert all(s["iters"] == 4 for s in summary["scales"])
+    text = run_cli("info", tiny_run)
+    assert text.returncode == 0 and "noise amp" in text.stdout
+
+
+def test_a_finished_run_is_not_overwritten_by_accident(tiny_run):
+    before = (tiny_run / "weights.safetensors").read_bytes()
+    result = run_cli("train", dicom_file("CT_small.dcm"), "--out", tiny_run, *TINY)
+    assert_one_line_error(result, "--overwrite")
+    assert (tiny_run / "weights.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("--min-size", "40", "--max-size", "30"), "max_size"),
+    (("--scale-factor", "1.5"), "scale_factor"),
+    (("--iters", "0"), "iters"),
+    (("--nfc", "64", "--max-nfc", "32"), "max_nfc"),
+    (("--preset", "turbo"), "--preset"),
+])
+def test_bad_hyper_parameters(tmp_path, args, fragment):
+    result = run_cli("train", dicom_file("CT_small.dcm"), "--out", tmp_path / "run", "--quiet",
+                     *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_run_directories(tmp_path, tiny_run):
+    assert_one_line_error(run_cli("info", tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("info", tmp_path / "empty"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "history.csv"):
+        (broken / name).write_bytes((tiny_run / name).read_bytes())
+    (broken / "weights.safetensors").write_bytes(b"\x00" * 100)
+    assert_one_line_error(run_cli("info", broken))
+
+
+def test_manifest_check_exit_codes(tmp_path):
+    from PIL import Image
+
+    from medsingan.manifest import ManifestRow, append_rows
+
+    for name in ("real.png", "fake.png"):
+        Image.new("L", (8, 8)).save(tmp_path / name)
+    manifest = tmp_path / "m.csv"
+    append_rows(manifest, [
+        ManifestRow(image="real.png", label="normal", split="test", subject_id="P1",
+                    modality="ct", height=8, width=8),
+        ManifestRow(image="fake.png", label="normal", split="train", synthetic=True,
+                    source_image="real.png", subject_id="P1", modality="ct", method="random",
+                    height=8, width=8),
+    ])
+    result = run_cli("manifest", "check", manifest)
+    assert result.returncode == 1 and "leak" in result.stdout
+    assert_one_line_error(run_cli("manifest", "check", tmp_path / "none.csv"), "no such")
