@@ -17,6 +17,10 @@ CHEST = $$($(BIN)/python -c 'from pydicom.data import get_testdata_file as g; pr
 
 demo: $(STAMP)
 	$(BIN)/medsingan inspect "$(CHEST)" --preview demo_output/chest_preview.png
+	$(BIN)/medsingan train "$(CHEST)" --modality xray --max-size 64 --iters 200 \
+		--out demo_output/chest_run --overwrite
+	$(BIN)/medsingan info demo_output/chest_run
+	@echo "run directory: demo_output/chest_run (samples_scale_*.png, curves.png, history.csv)"
 
 test: $(STAMP)
 	$(BIN)/ruff check .
