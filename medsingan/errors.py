@@ -31,3 +31,7 @@ class ConfigError(MedsinganError):
 
 class RunDirError(MedsinganError):
     """A run directory is missing, incomplete or corrupt."""
+
+
+class TrainingInterrupted(MedsinganError):
+    """Training was stopped (Ctrl-C); every scale finished before that is saved and resumable."""

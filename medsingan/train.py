@@ -1,0 +1,636 @@
+"""SinGAN training, coarse to fine, with atomic per-scale checkpoints and exact resume.
+
+Each scale ``n`` (0 = finest, ``N`` = coarsest) trains a generator ``G_n`` and a patch critic
+``D_n`` with WGAN-GP plus ``alpha`` times the reconstruction MSE, then is frozen:
+
+* adversarial path: ``fake = G_n(amp_n * z + up(random output of scale n+1))``, a new ``z`` and a
+  new random coarser output (computed without gradients) every iteration;
+* reconstruction path: z* at the coarsest scale, zeros above; the frozen coarser output on
+  this path is computed once per scale;
+* ``amp_N = coarsest_noise_amp``; ``amp_n = noise_amp_factor * RMSE(real_n, up(rec_{n+1}))``.
+
+Every random draw of scale ``n`` comes from a generator seeded by ``(seed, n)``, so resuming after
+the last finished scale gives the same weights as an uninterrupted run (on the same device).
+
+Run directory layout (all writes atomic):
+
+* ``config.json``: hyper-parameters, caller's ``extra`` (source, preset, intensity mapping),
+  geometry, package version, and per-scale progress (iterations, seconds);
+* ``weights.safetensors``: see :mod:`medsingan.model.serialization` (the commit point: a scale
+  counts as finished once it is in this file);
+* ``resume_state.safetensors``: the discriminators (the next scale starts from the last one);
+  optimisers restart at every scale, as in the paper, so they need no state;
+* ``history.csv``, ``curves.png``, ``samples_scale_<n>.png`` (real, reconstruction, 3 samples).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import medsingan
+from medsingan.errors import ConfigError, InvalidImageError, RunDirError, TrainingInterrupted
+from medsingan.generate import sample
+from medsingan.model.blocks import ACTIVATIONS, NORMS, PADDINGS, init_weights
+from medsingan.model.container import TrainedPyramid
+from medsingan.model.networks import Discriminator, Generator, NetSpec, scale_width
+from medsingan.model.noise import draw_noise, seeded_generator
+from medsingan.model.previews import save_loss_curves, save_sample_sheet
+from medsingan.model.serialization import (
+    atomic_write,
+    load_networks,
+    load_pyramid,
+    save_networks,
+    save_pyramid,
+)
+from medsingan.pyramid import (
+    build_image_pyramid,
+    effective_scale_factor,
+    pyramid_shapes,
+    resize,
+    validate_geometry,
+)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+RESUME_FILE = "resume_state.safetensors"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+SAMPLES_PATTERN = "samples_scale_{}.png"
+HISTORY_COLUMNS = ("scale", "iter", "d_loss", "g_adv", "rec_loss", "gp", "lr", "seconds")
+RUN_FORMAT = "medsingan-run"
+
+# Independent random streams under one seed.
+_TRAIN_STREAM, _ZSTAR_STREAM = 1, 2
+# Settings that may change on resume without changing the result's meaning.
+_RESUME_MUTABLE = ("device", "log_every")
+
+
+@dataclass
+class TrainConfig:
+    """Every training hyper-parameter; the defaults are the paper's (official code's).
+
+    Attributes:
+        iters: iterations per scale.
+        lr_g, lr_d: Adam learning rates of generator and critic.
+        betas: Adam betas.
+        d_steps, g_steps: critic and generator steps per iteration.
+        gp_weight: WGAN-GP penalty weight.
+        gp_every: apply the penalty on every k-th critic step only (lazy regularisation, scaled
+            by k to keep its strength); 1 = every step, as the paper.
+        alpha: weight of the reconstruction MSE.
+        lr_drop_at: fraction of ``iters`` after which both learning rates are multiplied by
+            ``lr_drop_factor``.
+        coarsest_noise_amp: noise amplitude of the coarsest scale.
+        noise_amp_factor: finer scales use this times the RMSE of the up-sampled reconstruction.
+        min_size, max_size, scale_factor: pyramid geometry (see :mod:`medsingan.pyramid`).
+        nfc, max_nfc: width at the coarsest scale, doubled every 4 scales up to ``max_nfc``.
+        num_layers, kernel_size: convolutions per network and their size (receptive field
+            ``num_layers * (kernel_size - 1) + 1``).
+        norm, activation, padding: see :mod:`medsingan.model.blocks`.
+        seed: the run's random seed.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
+        log_every: write a history row every this many iterations (and the last one).
+    """
+
+    iters: int = 2000
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    d_steps: int = 3
+    g_steps: int = 3
+    gp_weight: float = 0.1
+    gp_every: int = 1
+    alpha: float = 10.0
+    lr_drop_at: float = 0.8
+    lr_drop_factor: float = 0.1
+    coarsest_noise_amp: float = 1.0
+    noise_amp_factor: float = 0.1
+    min_size: int = 25
+    max_size: int = 250
+    scale_factor: float = 0.75
+    nfc: int = 32
+    max_nfc: int = 128
+    num_layers: int = 5
+    kernel_size: int = 3
+    norm: str = "batch"
+    activation: str = "lrelu"
+    padding: str = "zero"
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 10
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` (one line) for any unusable value; return ``self``."""
+        for name in ("iters", "d_steps", "g_steps", "gp_every", "nfc", "max_nfc", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr_g", "lr_d", "coarsest_noise_amp", "noise_amp_factor"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("gp_weight", "alpha"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if not 0 < self.lr_drop_at <= 1 or not 0 < self.lr_drop_factor <= 1:
+            raise ConfigError("lr_drop_at and lr_drop_factor must lie in (0, 1]")
+        if self.max_nfc < self.nfc:
+            raise ConfigError(f"max_nfc ({self.max_nfc}) must not be smaller than nfc ({self.nfc})")
+        if self.num_layers < 2 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError("num_layers must be at least 2 and kernel_size a positive odd number")
+        validate_geometry(self.min_size, self.max_size, self.scale_factor)
+        if self.min_size <= self.num_layers * (self.kernel_size - 1):
+            raise ConfigError(f"min_size {self.min_size} px is not larger than the critic's "
+                              f"{self.num_layers * (self.kernel_size - 1) + 1} px receptive field")
+        for name, choices in (("norm", NORMS), ("activation", ACTIVATIONS), ("padding", PADDINGS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
+                                  f"got {getattr(self, name)!r}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must not be negative, got {self.seed}")
+        try:
+            torch.device(self.device if self.device != "auto" else "cpu")
+        except RuntimeError:
+            raise ConfigError(f"device {self.device!r} is not a torch device") from None
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (betas as a list)."""
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build and validate a config from a dict; unknown keys and wrong types: ConfigError."""
+        kinds = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in kinds:
+                raise ConfigError(f"unknown training option {key!r}")
+            kind = kinds[key]
+            if kind is tuple and isinstance(value, list | tuple):
+                value = tuple(float(v) for v in value)
+            elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"training option {key!r} must be {kind.__name__}, "
+                                  f"got {value!r}")
+            values[key] = value
+        return cls(**values).validate()
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def net_spec(self, channels: int, level: int) -> NetSpec:
+        """Network shape at ``level`` scales above the coarsest."""
+        return NetSpec(channels=channels, width=scale_width(level, self.nfc, self.max_nfc),
+                       num_layers=self.num_layers, kernel_size=self.kernel_size,
+                       norm=self.norm, activation=self.activation, padding=self.padding)
+
+
+# ---------------------------------------------------------------------------------------------
+# One scale
+
+
+def gradient_penalty(critic: Discriminator, real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """WGAN-GP: mean over pixels of ``(||grad_x D(x)||_2 - 1)^2`` (norm over channels) at one
+    random interpolation ``x = a * real + (1 - a) * fake``."""
+    a = float(torch.rand((), generator=generator))
+    mixed = (a * real + (1 - a) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+
+
+@dataclass
+class _ScaleJob:
+    """Everything one scale's training needs; ``pyramid`` holds the frozen coarser scales."""
+
+    scale: int
+    pyramid: TrainedPyramid
+    generator: Generator
+    critic: Discriminator
+    noise_amp: float
+    rec_previous: torch.Tensor  # up-sampled frozen reconstruction from scale + 1 (or zeros)
+    rng: torch.Generator
+
+
+def _random_previous(job: _ScaleJob) -> torch.Tensor:
+    """Up-sampled output of the frozen coarser scales on a fresh random path (no gradients)."""
+    pyramid, scale = job.pyramid, job.scale
+    if scale == pyramid.coarsest:
+        return torch.zeros_like(job.rec_previous)
+    channels = pyramid.z_star.shape[1]
+    noises = [draw_noise((1, channels, *pyramid.shapes[s]), job.rng, pyramid.device)
+              for s in range(pyramid.coarsest, scale, -1)]
+    with torch.no_grad():
+        coarse = pyramid.forward_scales(pyramid.coarsest, scale + 1, noises)
+    return resize(coarse, pyramid.shapes[scale])
+
+
+def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list[dict[str, float]]:
+    """Train ``job.generator`` and ``job.critic`` for ``config.iters`` iterations."""
+    real = job.pyramid.reals[job.scale]
+    gen, critic = job.generator.train(), job.critic.train()
+    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
+    drop_at = math.ceil(config.lr_drop_at * config.iters)
+    rec_input = job.noise_amp * job.pyramid.reconstruction_noise(job.scale) + job.rec_previous
+    rows: list[dict[str, float]] = []
+    critic_steps = 0
+    start = time.perf_counter()
+    for it in range(config.iters):
+        if it == drop_at:
+            for opt in (opt_g, opt_d):
+                for group in opt.param_groups:
+                    group["lr"] *= config.lr_drop_factor
+        previous = _random_previous(job)
+        noisy = job.noise_amp * draw_noise(tuple(real.shape), job.rng, real.device) + previous
+        # G is not updated during the critic steps, so one fake serves all of them.
+        with torch.no_grad():
+            fake = gen(noisy, previous)
+        critic.requires_grad_(True)
+        for _ in range(config.d_steps):
+            opt_d.zero_grad(set_to_none=True)
+            d_loss = critic(fake).mean() - critic(real).mean()
+            gp = torch.zeros((), device=real.device)
+            if config.gp_weight > 0 and critic_steps % config.gp_every == 0:
+                gp = gradient_penalty(critic, real, fake, job.rng)
+                d_loss = d_loss + config.gp_weight * config.gp_every * gp
+            critic_steps += 1
+            d_loss.backward()
+            opt_d.step()
+        critic.requires_grad_(False)  # G steps need gradients w.r.t. the input only
+        for _ in range(config.g_steps):
+            opt_g.zero_grad(set_to_none=True)
+            g_adv = -critic(gen(noisy, previous)).mean()
+            if config.alpha > 0:
+                rec = F.mse_loss(gen(rec_input, job.rec_previous), real)
+                (g_adv + config.alpha * rec).backward()
+            else:
+                with torch.no_grad():
+                    rec = F.mse_loss(gen(rec_input, job.rec_previous), real)
+                g_adv.backward()
+            opt_g.step()
+        if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
+            row = {"scale": job.scale, "iter": it + 1, "d_loss": d_loss.item(),
+                   "g_adv": g_adv.item(), "rec_loss": rec.item(), "gp": gp.item(),
+                   "lr": opt_g.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+            rows.append(row)
+            report.advance(it + 1, row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class _Reporter:
+    """A rich progress bar per scale and a summary line per finished scale; silent if off."""
+
+    def __init__(self, enabled: bool, num_scales: int, iters: int) -> None:
+        self.enabled, self.num_scales, self.iters = enabled, num_scales, iters
+        self.console = Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    @contextmanager
+    def scale(self, scale: int) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        self._progress = Progress(
+            TextColumn("scale {task.fields[scale]}/{task.fields[coarsest]}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[losses]}"), TimeRemainingColumn(),
+            console=self.console, transient=True)
+        self._task = self._progress.add_task("", total=self.iters, scale=scale,
+                                             coarsest=self.num_scales - 1, losses="")
+        with self._progress:
+            yield
+        self._progress = None
+
+    def advance(self, done: int, row: dict[str, float]) -> None:
+        if self._progress is not None:
+            losses = f"D {row['d_loss']:+.3f} G {row['g_adv']:+.3f} rec {row['rec_loss']:.4f}"
+            self._progress.update(self._task, completed=done, losses=losses)
+
+    def finished(self, scale: int, shape: tuple[int, int], width: int, amp: float,
+                 rows: list[dict[str, float]]) -> None:
+        if self.enabled and rows:
+            last = rows[-1]
+            self.console.print(
+                f"scale {scale}/{self.num_scales - 1}  {shape[0]}x{shape[1]} px  width {width}  "
+                f"noise amp {amp:.4f}  rec MSE {last['rec_loss']:.5f}  "
+                f"D {last['d_loss']:+.4f}  {last['seconds']:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+
+
+def _read_history(path: Path, scales: set[int]) -> list[dict[str, float]]:
+    """Rows of the finished ``scales`` (rows of an interrupted scale are dropped)."""
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    for row in rows:
+        row["scale"], row["iter"] = int(row["scale"]), int(row["iter"])
+    return [row for row in rows if row["scale"] in scales]
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    names = [CONFIG_FILE, WEIGHTS_FILE, RESUME_FILE, HISTORY_FILE, CURVES_FILE]
+    return [run_dir / n for n in names] + sorted(run_dir.glob(SAMPLES_PATTERN.format("*")))
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != RUN_FORMAT:
+            raise ValueError("no medsingan format tag")
+        TrainConfig.from_dict(data["train"])
+    except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
+        raise RunDirError(f"{path} is corrupt ({exc})") from None
+    return data
+
+
+def load_run(run_dir: Path) -> TrainedPyramid:
+    """Load the trained (possibly partial) pyramid of ``run_dir`` without executing any code.
+
+    Raises:
+        RunDirError: missing directory, missing or corrupt file, or no finished scale.
+    """
+    run_dir = Path(run_dir)
+    metadata = _read_config(run_dir)
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise RunDirError(f"{run_dir} has no finished scale yet ({WEIGHTS_FILE} is missing)")
+    pyramid = load_pyramid(run_dir / WEIGHTS_FILE)
+    expected = [tuple(s) for s in metadata["geometry"]["shapes"]]
+    trained = sorted(pyramid.generators)
+    if pyramid.shapes != expected or trained != list(range(pyramid.finest_trained,
+                                                           pyramid.num_scales)):
+        raise RunDirError(f"{run_dir / WEIGHTS_FILE} does not match {CONFIG_FILE}")
+    pyramid.metadata = metadata
+    return pyramid
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """What ``medsingan info`` prints: geometry, widths, noise amplitudes, progress per scale."""
+    run_dir = Path(run_dir)
+    metadata = _read_config(run_dir)
+    pyramid = load_run(run_dir) if (run_dir / WEIGHTS_FILE).is_file() else None
+    config = TrainConfig.from_dict(metadata["train"])
+    shapes = [tuple(s) for s in metadata["geometry"]["shapes"]]
+    progress = metadata.get("progress", {})
+    scales = []
+    for scale, shape in enumerate(shapes):
+        done = pyramid is not None and scale in pyramid.generators
+        entry = progress.get(str(scale), {})
+        scales.append({
+            "scale": scale, "height": shape[0], "width": shape[1],
+            "channels": config.net_spec(1, len(shapes) - 1 - scale).width,
+            "trained": done,
+            "noise_amp": pyramid.noise_amps[scale] if done and pyramid else None,
+            "iters": entry.get("iters", 0) if done else 0,
+            "seconds": entry.get("seconds") if done else None,
+        })
+    return {
+        "run_dir": str(run_dir),
+        "complete": bool(pyramid and pyramid.is_complete),
+        "num_scales": len(shapes),
+        "scale_factor": metadata["geometry"]["scale_factor"],
+        "scales": scales,
+        "total_seconds": sum(s["seconds"] or 0.0 for s in scales),
+        "train": metadata["train"],
+        "extra": metadata.get("extra"),
+        "version": metadata.get("version"),
+    }
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tensor],
+                     resume: bool, overwrite: bool) -> tuple[dict[str, Any] | None,
+                                                             TrainedPyramid | None]:
+    """Check what ``run_dir`` holds; return the stored config and pyramid to resume from."""
+    existing = [p for p in _run_files(run_dir) if p.exists()]
+    if not existing:
+        if resume:
+            raise RunDirError(f"{run_dir} holds no run to resume; drop --resume to start one")
+        return None, None
+    if overwrite and not resume:
+        for path in existing:
+            path.unlink()
+        return None, None
+    if not resume:
+        raise RunDirError(f"{run_dir} already holds a run; use --resume to continue it or "
+                          "--overwrite to replace it")
+    stored = _read_config(run_dir)
+    old, new = stored["train"], config.to_dict()
+    changed = [k for k in new if k not in _RESUME_MUTABLE and old.get(k) != new[k]]
+    if changed:
+        diffs = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise RunDirError(f"{run_dir} was trained with other settings ({diffs})")
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        return stored, None
+    pyramid = load_run(run_dir)
+    if len(reals) != pyramid.num_scales or not torch.equal(reals[0], pyramid.reals[0]):
+        raise RunDirError(f"the image differs from the one {run_dir} was trained on")
+    return stored, pyramid
+
+
+def _check_image(image: torch.Tensor) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] != 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InvalidImageError(f"expected a (1, C, H, W) image tensor, got {shape}")
+    image = image.detach().float().cpu()
+    if not torch.isfinite(image).all():
+        raise InvalidImageError("the image contains NaN or infinite values")
+    if image.min() < -1.0001 or image.max() > 1.0001:
+        raise InvalidImageError("the image must be mapped to [-1, 1] before training")
+    if image.max() == image.min():
+        raise InvalidImageError("the image is constant: there is nothing to learn")
+    return image.clamp(-1, 1)
+
+
+def train(
+    image: torch.Tensor,
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    extra_config: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    last_scale: int = 0,
+) -> TrainedPyramid:
+    """Train a SinGAN pyramid on ``image`` and write it to ``run_dir``.
+
+    Args:
+        image: ``(1, C, H, W)`` float tensor in [-1, 1] at its full resolution (the pyramid is
+            built from it with :func:`medsingan.pyramid.pyramid_shapes`).
+        config: hyper-parameters.
+        run_dir: output folder (created if needed).
+        extra_config: JSON-serialisable facts from the caller (source path and sha256, preset,
+            intensity mapping ...), stored verbatim under ``"extra"`` in ``config.json``.
+        resume: continue the run in ``run_dir`` after its last finished scale.
+        overwrite: replace a run already in ``run_dir``.
+        progress: show progress bars and per-scale summaries on stderr.
+        last_scale: stop after this scale (0 = finest = the whole pyramid); the run can be
+            continued later with ``resume=True``.
+
+    Returns:
+        The trained pyramid (complete when ``last_scale == 0``).
+
+    Raises:
+        ConfigError, InvalidImageError, RunDirError: bad settings, image or run directory.
+        TrainingInterrupted: Ctrl-C; every scale finished before it is saved.
+    """
+    config.validate()
+    image = _check_image(image)
+    device = config.resolved_device()
+    shapes = pyramid_shapes(image.shape[-2], image.shape[-1], config.min_size, config.max_size,
+                            config.scale_factor)
+    if not 0 <= last_scale < len(shapes):
+        raise ConfigError(f"last_scale must lie in 0..{len(shapes) - 1}, got {last_scale}")
+    reals = build_image_pyramid(image, shapes)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
+    channels = image.shape[1]
+    coarsest = len(shapes) - 1
+    metadata = stored or {
+        "format": RUN_FORMAT,
+        "version": medsingan.__version__,
+        "train": config.to_dict(),
+        "extra": extra_config,
+        "geometry": {"source_shape": list(image.shape[-2:]), "channels": channels,
+                     "shapes": [list(s) for s in shapes],
+                     "scale_factor": effective_scale_factor(shapes)},
+        "progress": {},
+    }
+    metadata["train"] = config.to_dict()
+    critics: dict[int, Discriminator] = {}
+    if pyramid is None:
+        z_rng = seeded_generator(config.seed, _ZSTAR_STREAM)
+        z_star = draw_noise((1, channels, *shapes[-1]), z_rng)
+        pyramid = TrainedPyramid(reals=reals, z_star=z_star)
+        metadata["progress"] = {}
+        _write_json(run_dir / CONFIG_FILE, metadata)
+    else:
+        critics = _load_critics(run_dir, pyramid)
+    pyramid.to(device)
+    pyramid.metadata = metadata
+    history = _read_history(run_dir / HISTORY_FILE, set(pyramid.generators))
+    report = _Reporter(progress, len(shapes), config.iters)
+    scale = pyramid.finest_trained - 1
+    try:
+        for scale in range(pyramid.finest_trained - 1, last_scale - 1, -1):
+            level = coarsest - scale
+            spec = config.net_spec(channels, level)
+            generator, critic = _init_networks(spec, pyramid, critics, scale, config, device)
+            rec_previous, amp = _reconstruction_start(pyramid, scale, config)
+            job = _ScaleJob(scale, pyramid, generator, critic, amp, rec_previous,
+                            seeded_generator(config.seed, _TRAIN_STREAM, scale))
+            started = time.perf_counter()
+            with report.scale(scale):
+                rows = _train_scale(job, config, report)
+            pyramid.generators[scale] = generator.eval().requires_grad_(False)
+            pyramid.noise_amps[scale] = amp
+            critics[scale] = critic.eval().requires_grad_(False)
+            history += rows
+            metadata["progress"][str(scale)] = {"iters": config.iters,
+                                                "seconds": time.perf_counter() - started}
+            _save_scale(run_dir, pyramid, critics, history, metadata, scale, config.seed)
+            report.finished(scale, shapes[scale], spec.width, amp, rows)
+    except KeyboardInterrupt:
+        saved = (f"scales {coarsest}..{pyramid.finest_trained} are saved"
+                 if pyramid.generators else "no scale was finished")
+        raise TrainingInterrupted(f"training interrupted at scale {scale}; {saved} in {run_dir}:"
+                                  " continue with --resume") from None
+    return pyramid
+
+
+def _load_critics(run_dir: Path, pyramid: TrainedPyramid) -> dict[int, Discriminator]:
+    critics, _ = load_networks(run_dir / RESUME_FILE, "discriminator", Discriminator)
+    if pyramid.finest_trained not in critics:
+        raise RunDirError(f"{run_dir / RESUME_FILE} lacks the critic of scale "
+                          f"{pyramid.finest_trained}")
+    return critics  # type: ignore[return-value]
+
+
+def _init_networks(spec: NetSpec, pyramid: TrainedPyramid, critics: dict[int, Discriminator],
+                   scale: int, config: TrainConfig, device: torch.device
+                   ) -> tuple[Generator, Discriminator]:
+    """Fresh networks for ``scale``: copies of the coarser scale's when the widths match."""
+    generator, critic = Generator(spec), Discriminator(spec)
+    coarser = pyramid.generators.get(scale + 1)
+    if coarser is not None and coarser.spec == spec:
+        generator.load_state_dict(coarser.state_dict())
+        critic.load_state_dict(critics[scale + 1].state_dict())
+    else:
+        init_rng = seeded_generator(config.seed, _TRAIN_STREAM, scale, 0)
+        init_weights(generator, init_rng)
+        init_weights(critic, init_rng)
+    return generator.to(device), critic.to(device)
+
+
+def _reconstruction_start(pyramid: TrainedPyramid, scale: int, config: TrainConfig
+                          ) -> tuple[torch.Tensor, float]:
+    """The cached up-sampled reconstruction entering ``scale`` and the scale's noise amplitude."""
+    real = pyramid.reals[scale]
+    if scale == pyramid.coarsest:
+        return torch.zeros_like(real), config.coarsest_noise_amp
+    previous = resize(pyramid.reconstruct(scale + 1), pyramid.shapes[scale])
+    rmse = float(torch.sqrt(F.mse_loss(previous, real)))
+    return previous, config.noise_amp_factor * rmse
+
+
+def _save_scale(run_dir: Path, pyramid: TrainedPyramid, critics: dict[int, Discriminator],
+                history: list[dict[str, float]], metadata: dict[str, Any], scale: int,
+                seed: int) -> None:
+    """Persist a finished scale: critics first, then the weights (the commit point), then the
+    human-facing files."""
+    save_networks(run_dir / RESUME_FILE, "discriminator", critics)
+    save_pyramid(run_dir / WEIGHTS_FILE, pyramid)
+    _write_history(run_dir / HISTORY_FILE, history)
+    save_loss_curves(run_dir / CURVES_FILE, history, ("d_loss", "g_adv", "rec_loss", "gp"))
+    samples = sample(pyramid, 3, seed=seed, end_scale=scale)
+    save_sample_sheet(run_dir / SAMPLES_PATTERN.format(scale),
+                      [pyramid.reals[scale], pyramid.reconstruct(scale), *samples.split(1)])
+    _write_json(run_dir / CONFIG_FILE, metadata)
+
