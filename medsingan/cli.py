@@ -194,6 +194,15 @@ def train(
         "--resume", help="Continue an interrupted run from its last finished scale.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a run already in the run directory.")] = False,
+    label: Annotated[str, typer.Option(
+        "--label", help="Class label every sample of this model inherits in manifests.")] = "",
+    split: Annotated[str, typer.Option(
+        "--split", help="Data split of the source scan (train/val/test); its samples inherit "
+        "it and can never be written to another split.")] = "",
+    subject_id: Annotated[str | None, typer.Option(
+        "--subject-id", help="Subject (patient) pseudonym for manifests and written DICOMs "
+        "[default: src-<first 12 hex digits of the source's sha256>].",
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bars or per-scale summaries.")] = False,
 ) -> None:
@@ -209,7 +218,8 @@ def train(
     run_dir, _ = train_scan(scan, out, modality=modality.value, window=window, frame=frame,
                             slice_index=slice_index, slice_axis=slice_axis, volume=volume,
                             speed_preset=preset.value, overrides=overrides, resume=resume,
-                            overwrite=overwrite, progress=not quiet)
+                            overwrite=overwrite, progress=not quiet, label=label,
+                            split=split, subject_id=subject_id)
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -240,6 +250,112 @@ def info(
         typer.echo(f"{entry['scale']:>5}  {entry['height']:>4} x {entry['width']:<6} "
                    f"{entry['channels']:>8}  {amp:>9}  {entry['iters']:>6}  {secs:>8}")
     typer.echo(f"total       {summary['total_seconds']:.1f} s")
+
+
+class OutputFormat(str, Enum):
+    same = "same"
+    dcm = "dcm"
+    nii = "nii"
+    png = "png"
+
+
+RunArg = Annotated[Path, typer.Argument(help="A run directory written by train.",
+                                        show_default=False)]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    "--inception-weights", help="The FID Inception weights file "
+    "(pt_inception-2015-12-05-6726825d.pth) for SIFID [default: $MEDSINGAN_INCEPTION_WEIGHTS, "
+    "else torch's hub cache].", show_default=False)]
+
+
+@app.command()
+def augment(
+    run_dir: RunArg,
+    n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 20,
+    start_scale: Annotated[str, typer.Option(
+        "--start-scale", help="Scale where fresh noise starts: N (coarsest, most variety), "
+        "N-k, or an index (0 = finest); coarser scales reconstruct the scan.")] = "N",
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Cohort seed: sample i of seed s is the same whatever the batch "
+        "size.")] = 0,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="Samples per forward pass [default: about 1 GiB of activations, "
+        "at most 64].", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output folder [default: RUN_DIR/samples].",
+        show_default=False)] = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="same: the source's format (DICOM -> de-identified derived DICOM, "
+        "NIfTI -> NIfTI with the source affine, PNG/TIFF/JPEG -> PNG).")] = OutputFormat.same,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="Manifest CSV rows are appended to [default: "
+        "data_manifests/<run name>.csv].", show_default=False)] = None,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="Label column [default: the run's --label].",
+        show_default=False)] = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="Split column [default: the run's; another split than the source's "
+        "is refused].", show_default=False)] = None,
+    subject_id: Annotated[str | None, typer.Option(
+        "--subject-id", help="Subject column and DICOM Patient ID [default: the run's].",
+        show_default=False)] = None,
+    no_sifid: Annotated[bool, typer.Option(
+        "--no-sifid", help="Skip SIFID (no Inception weights needed); the weight-free "
+        "patch_swd score is still written.")] = False,
+    inception_weights: WeightsOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    keep_identifiers: Annotated[bool, typer.Option(
+        "--keep-identifiers", help="Keep the source's patient identifiers in written DICOMs "
+        "(needs the original source file).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start the cohort over instead of completing it.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Generate N scored samples of a trained scan, in its format, with manifest rows."""
+    from medsingan.augment import AugmentRequest
+    from medsingan.augment import augment as run_augment
+
+    result = run_augment(AugmentRequest(
+        run_dir=run_dir, n=n, start_scale=start_scale, seed=seed, batch_size=batch_size,
+        out=out, output_format=output_format.value, manifest=manifest, label=label,
+        split=split, subject_id=subject_id, sifid=not no_sifid,
+        inception_weights=inception_weights, device=device, overwrite=overwrite,
+        keep_identifiers=keep_identifiers, progress=not quiet))
+    summary = result.summary
+    typer.echo(f"{len(result.written)} sample(s) written to {result.out}"
+               + (f" ({result.skipped} already there)" if result.skipped else ""))
+    scores = ", ".join(f"{key} {summary[key]:.4g}" for key in
+                       ("diversity", "sifid_mean", "similarity_mean", "patch_swd_mean")
+                       if summary.get(key) is not None)
+    typer.echo(f"scores: {scores}")
+    typer.echo(f"manifest: {result.manifest}")
+
+
+@app.command()
+def score(
+    real: Annotated[Path, typer.Argument(help="The real (training) scan.", show_default=False)],
+    fakes: Annotated[list[Path], typer.Argument(help="Generated scans to score.",
+                                                show_default=False)],
+    modality: ModalityOpt = Modality.auto,
+    window: WindowOpt = None,
+    no_sifid: Annotated[bool, typer.Option("--no-sifid", help="Skip SIFID.")] = False,
+    inception_weights: WeightsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score generated scans against a real one: SIFID, SSIM, patch SWD and diversity."""
+    from medsingan.scoring import score_files
+
+    report = score_files(real, fakes, modality=modality.value, window=window,
+                         sifid=not no_sifid, inception_weights=inception_weights)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo("image  sifid  similarity_to_source  patch_swd")
+    for row in report["images"]:
+        sifid = "-" if row["sifid"] is None else f"{row['sifid']:.4g}"
+        typer.echo(f"{row['image']}  {sifid}  {row['similarity_to_source']:.4f}  "
+                   f"{row['patch_swd']:.4g}")
+    if report["diversity"] is not None:
+        typer.echo(f"diversity {report['diversity']:.4f}")
 
 
 manifest_app = typer.Typer(help="Validate and combine CSV manifests.", no_args_is_help=True)

@@ -17,6 +17,10 @@ from medsingan.errors import ConfigError
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.noise import draw_noise, seeded_generator
 
+# Sampling draws from (seed, _SAMPLE_STREAM, index): a key of its own, so that no sample can
+# coincide with the trainer's streams (seed, 1, ...) and z* (seed, 2) when seeds are equal.
+_SAMPLE_STREAM = 3
+
 
 def _check_scales(pyramid: TrainedPyramid, start_scale: int, end_scale: int) -> None:
     low, high = pyramid.finest_trained, pyramid.coarsest
@@ -30,7 +34,7 @@ def _check_scales(pyramid: TrainedPyramid, start_scale: int, end_scale: int) -> 
 def sample_noise(pyramid: TrainedPyramid, start_scale: int, end_scale: int, seed: int,
                  index: int) -> list[torch.Tensor]:
     """Unit noise maps ``(1, C, h, w)`` of sample ``index``, scales ``start_scale..end_scale``."""
-    generator = seeded_generator(seed, index)
+    generator = seeded_generator(seed, _SAMPLE_STREAM, index)
     channels = pyramid.z_star.shape[1]
     return [
         draw_noise((1, channels, *pyramid.shapes[scale]), generator, pyramid.device)

@@ -397,6 +397,26 @@ def append_rows(manifest_path: str | os.PathLike[str], rows: Iterable[ManifestRo
     return written
 
 
+def set_column(manifest_path: str | os.PathLike[str], images: Iterable[str], column: str,
+               value: object) -> int:
+    """Set ``column`` to ``value`` in the rows of ``images`` (paths relative to the manifest),
+    atomically; return how many rows changed. Used for cohort-level scores (diversity) known
+    only once every sample is written."""
+    path = Path(manifest_path)
+    header, records = _read_records(path)
+    if column not in header:
+        raise ManifestError(f"{path}: no column {column!r}")
+    wanted = {_normalise(str(image)) for image in images}
+    text = _format_value(value)
+    changed = 0
+    for record in records:
+        if _normalise(record["image"]) in wanted:
+            record[column] = text
+            changed += 1
+    _write_records(path, header, records)
+    return changed
+
+
 def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The manifest as a DataFrame with typed columns.
 

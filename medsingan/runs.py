@@ -16,6 +16,7 @@ import yaml
 from medsingan import __version__
 from medsingan.errors import ConfigError
 from medsingan.io import read_scan
+from medsingan.io.deid import deidentified_header
 from medsingan.model.container import TrainedPyramid
 from medsingan.preprocess import prepare_scan
 from medsingan.presets import resolve_preset
@@ -59,12 +60,15 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
                slice_index: int | None = None, slice_axis: int = 2, volume: int | None = None,
                speed_preset: str = "fast", overrides: dict[str, Any] | None = None,
                resume: bool = False, overwrite: bool = False, progress: bool = True,
-               last_scale: int = 0) -> tuple[Path, TrainedPyramid]:
+               last_scale: int = 0, label: str = "", split: str = "",
+               subject_id: str | None = None) -> tuple[Path, TrainedPyramid]:
     """Train a SinGAN on one scan slice; returns the run directory and the trained pyramid.
 
     The run's ``config.json`` records, under ``extra``, the source (path, sha256, geometry,
-    intensity facts; no identifying DICOM header), the modality preset and the intensity
-    mapping, so that samples can be mapped back to the source's units.
+    intensity facts), its DICOM header de-identified (never the identifying original), the
+    modality preset and the intensity mapping, so that samples can be written back in the
+    source's format and units; and the cohort facts every synthetic sample inherits: ``label``,
+    ``split`` and ``subject_id`` (default: a pseudonym from the source file's hash).
     """
     scan = read_scan(scan_path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
                      volume=volume)
@@ -74,6 +78,9 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
     run_dir = run_dir or default_run_dir(Path(scan_path))
     extra = {
         "source": scan.meta.to_dict(),
+        "source_dicom_header": deidentified_header(scan.meta.dicom_header),
+        "cohort": {"label": label, "split": split,
+                   "subject_id": subject_id or f"src-{scan.meta.sha256[:12]}"},
         "modality_preset": preset.name,
         "speed_preset": speed_preset,
         "intensity_mapping": mapping.to_dict(),

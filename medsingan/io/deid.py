@@ -9,6 +9,8 @@ header records that identity was removed and how.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
@@ -90,3 +92,13 @@ def deidentify(ds: Dataset, *, patient_id: str | None = None) -> Dataset:
     code.CodeMeaning = "Basic Application Confidentiality Profile"
     ds.DeidentificationMethodCodeSequence = Sequence([code])
     return ds
+
+
+def deidentified_header(header: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A de-identified copy of a header stored as ``ScanMetadata.dicom_header`` (JSON form),
+    safe to keep in a run directory that may be shared."""
+    if header is None:
+        return None
+    dataset = deidentify(Dataset.from_json(header["dataset"]))
+    return {"dataset": dataset.to_json_dict(suppress_invalid_tags=True),
+            "file_meta": {}}

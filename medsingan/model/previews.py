@@ -25,17 +25,20 @@ def _save_png(path: Path, picture: Image.Image) -> None:
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
-def save_sample_sheet(path: Path, images: Sequence[torch.Tensor], min_height: int = 128) -> None:
-    """Write ``(1, C, h, w)`` images (first channel) side by side, zoomed to ``min_height``."""
+def save_sample_sheet(path: Path, images: Sequence[torch.Tensor], min_height: int = 128,
+                      columns: int | None = None) -> None:
+    """Write ``(1, C, h, w)`` images (first channel) as a contact sheet, zoomed to
+    ``min_height``: side by side, or in rows of ``columns`` tiles."""
     zoom = max(1, -(-min_height // int(images[0].shape[-2])))
     tiles = [Image.fromarray(to_uint8(img[0, 0])) for img in images]
     tiles = [t.resize((t.width * zoom, t.height * zoom), Image.Resampling.NEAREST) for t in tiles]
-    sheet = Image.new("L", (sum(t.width for t in tiles) + _GAP * (len(tiles) - 1),
-                            max(t.height for t in tiles)), color=255)
-    x = 0
-    for tile in tiles:
-        sheet.paste(tile, (x, 0))
-        x += tile.width + _GAP
+    columns = columns or len(tiles)
+    rows = -(-len(tiles) // columns)
+    cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
+    sheet = Image.new("L", (columns * cell_w + _GAP * (columns - 1),
+                            rows * cell_h + _GAP * (rows - 1)), color=255)
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, ((k % columns) * (cell_w + _GAP), (k // columns) * (cell_h + _GAP)))
     _save_png(path, sheet)
 
 

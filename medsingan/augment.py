@@ -1,0 +1,288 @@
+"""Trained run -> an augmented cohort: samples in the source's format, scores, manifest rows.
+
+The composition behind ``medsingan augment``. Sample ``i`` of seed ``s`` depends only on
+``(s, i)``, so an interrupted cohort is completed by generating exactly the missing indices,
+and a cohort is the same whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from medsingan.errors import ConfigError, RunDirError, ScanWriteError
+from medsingan.generate import sample
+from medsingan.io import ScanMetadata, read_scan, write_scan
+from medsingan.io.atomic import atomic_path, sha256_of
+from medsingan.manifest import (
+    ManifestRow,
+    append_rows,
+    read_manifest,
+    relative_to_manifest,
+    set_column,
+)
+from medsingan.metrics.diversity import diversity, similarity_to_source
+from medsingan.metrics.patch_swd import patch_swd
+from medsingan.metrics.sifid import SifidScorer, find_inception_weights
+from medsingan.model.container import TrainedPyramid
+from medsingan.model.previews import save_sample_sheet
+from medsingan.preprocess import IntensityMapping
+from medsingan.train import load_run
+
+FORMAT_SUFFIX = {"dicom": ".dcm", "nifti": ".nii.gz", "png": ".png", "tiff": ".png",
+                 "jpeg": ".png", "dcm": ".dcm", "nii": ".nii.gz"}
+SETTINGS_FILE = "augment.json"
+GRID_FILE = "grid.png"
+SUMMARY_FILE = "summary.json"
+_SCALE = re.compile(r"^\s*N\s*(?:-\s*(\d+))?\s*$", re.IGNORECASE)
+
+
+def parse_scale(text: str | int, coarsest: int, option: str = "--start-scale") -> int:
+    """``N`` (coarsest), ``N-k`` or a plain index (0 = finest) -> an index in 0..coarsest."""
+    value = str(text)
+    match = _SCALE.match(value)
+    if match:
+        index = coarsest - int(match.group(1) or 0)
+    elif value.strip().lstrip("-").isdigit():
+        index = int(value)
+    else:
+        raise ConfigError(f"{option} must be N, N-k or an index, not '{value}'")
+    if not 0 <= index <= coarsest:
+        raise ConfigError(f"{option} {value} is out of range: this run has scales 0..{coarsest} "
+                          f"(N = {coarsest})")
+    return index
+
+
+@dataclass
+class AugmentRequest:
+    """What to generate and where; ``None`` means "from the run"."""
+
+    run_dir: Path
+    n: int
+    start_scale: str = "N"
+    seed: int = 0
+    batch_size: int | None = None
+    out: Path | None = None
+    output_format: str = "same"
+    manifest: Path | None = None
+    label: str | None = None
+    split: str | None = None
+    subject_id: str | None = None
+    sifid: bool = True
+    inception_weights: Path | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    keep_identifiers: bool = False
+    progress: bool = True
+    grid_size: int = 16
+
+
+@dataclass
+class AugmentResult:
+    out: Path
+    manifest: Path
+    written: list[Path] = field(default_factory=list)
+    skipped: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], not '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def default_batch_size(pyramid: TrainedPyramid) -> int:
+    """Samples per forward pass: about 1 GiB of activations at the finest scale."""
+    height, width = pyramid.shapes[0]
+    channels = max(g.spec.width for g in pyramid.generators.values())
+    per_sample = height * width * channels * 4 * 8  # ~8 live activation maps of float32
+    return int(np.clip((1 << 30) // max(per_sample, 1), 1, 64))
+
+
+def _source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
+    meta = ScanMetadata.from_dict(extra["source"])
+    meta.dicom_header = extra.get("source_dicom_header")
+    if keep_identifiers:
+        source = Path(meta.source_path)
+        if not source.is_file() or sha256_of(source) != meta.sha256:
+            raise RunDirError(f"--keep-identifiers needs the original source {source} "
+                              "(missing or changed since training)")
+        original = read_scan(source, frame=meta.frame, slice_index=meta.slice_index,
+                             slice_axis=meta.slice_axis or 2, volume=meta.volume)
+        meta.dicom_header = original.meta.dicom_header
+    return meta
+
+
+def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """A folder holds one cohort: re-running with other settings needs --overwrite."""
+    path = out / SETTINGS_FILE
+    if path.is_file() and not overwrite:
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        if changed:
+            raise ConfigError(f"{out} holds a cohort made with other settings "
+                              f"({', '.join(changed)}); use another --out or --overwrite")
+
+
+def _done_indices(manifest: Path, names: dict[int, Path]) -> set[int]:
+    """Indices whose file exists and whose manifest row was written."""
+    if not manifest.is_file():
+        return set()
+    listed = set(read_manifest(manifest)["image"].astype(str))
+    return {i for i, path in names.items()
+            if path.is_file() and relative_to_manifest(path, manifest) in listed}
+
+
+def augment(request: AugmentRequest) -> AugmentResult:
+    """Generate ``request.n`` scored samples of a trained run (see module docstring)."""
+    if request.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {request.n}")
+    if request.batch_size is not None and request.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {request.batch_size}")
+    device = _device(request.device)
+    # fail fast, before any work: weights for SIFID, the run, the output format
+    weights = find_inception_weights(request.inception_weights) if request.sifid else None
+    pyramid = load_run(request.run_dir)
+    if not pyramid.is_complete:
+        raise RunDirError(f"{request.run_dir} is not fully trained (finest trained scale "
+                          f"{pyramid.finest_trained}); finish it with train --resume")
+    extra = pyramid.metadata.get("extra") or {}
+    if "source" not in extra or "intensity_mapping" not in extra:
+        raise RunDirError(f"{request.run_dir}/config.json lacks the source description; "
+                          "was it written by medsingan train?")
+    start = parse_scale(request.start_scale, pyramid.coarsest)
+    meta = _source_meta(extra, request.keep_identifiers)
+    mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
+    cohort = dict(extra.get("cohort") or {})
+    if request.split is not None and cohort.get("split") and request.split != cohort["split"]:
+        raise ConfigError(f"the source scan is in split '{cohort['split']}': its samples "
+                          f"cannot go to '{request.split}' (that would leak it)")
+    label = request.label if request.label is not None else cohort.get("label", "")
+    split = request.split if request.split is not None else cohort.get("split", "")
+    subject = request.subject_id or cohort.get("subject_id") or f"src-{meta.sha256[:12]}"
+    kind = meta.format if request.output_format == "same" else request.output_format
+    if kind not in FORMAT_SUFFIX:
+        raise ConfigError(f"--format must be same, dcm, nii or png, not '{kind}'")
+    suffix = FORMAT_SUFFIX[kind]
+    if suffix == ".dcm" and meta.dicom_header is None:
+        raise ConfigError("--format dcm needs a DICOM source; choose nii or png")
+
+    run_name = Path(request.run_dir).resolve().name
+    out = Path(request.out or Path(request.run_dir) / "samples")
+    manifest = Path(request.manifest or Path("data_manifests") / f"{run_name}.csv")
+    settings = {"run_sha": sha256_of(Path(request.run_dir) / "weights.safetensors"),
+                "start_scale": start, "seed": request.seed, "format": suffix}
+    _check_settings(out, settings, request.overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / SETTINGS_FILE) as tmp:
+            tmp.write_text(json.dumps(settings, indent=2))
+    except OSError as exc:
+        raise ScanWriteError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+
+    names = {i: out / f"{run_name}_seed{request.seed}_{i:05d}{suffix}" for i in range(request.n)}
+    done = set() if request.overwrite else _done_indices(manifest, names)
+    todo = [i for i in range(request.n) if i not in done]
+    pyramid.to(device)
+    real = pyramid.reals[0]
+    scorer = SifidScorer(weights, device=device) if weights is not None else None
+    batch_size = request.batch_size or default_batch_size(pyramid)
+    result = AugmentResult(out=out, manifest=manifest, skipped=len(done))
+    units: dict[int, torch.Tensor] = {}
+
+    with Progress(console=Console(stderr=True), disable=not request.progress,
+                  transient=True) as bar:
+        task = bar.add_task(f"sampling from scale {start}", total=len(todo))
+        for first in range(0, len(todo), batch_size):
+            indices = todo[first:first + batch_size]
+            images = _sample_indices(pyramid, indices, start, request.seed)
+            sifids = scorer.score(real, images) if scorer else [None] * len(indices)
+            similarity = similarity_to_source(images, real)
+            rows = []
+            for k, index in enumerate(indices):
+                unit = images[k:k + 1].cpu()
+                units[index] = unit
+                physical = mapping.from_unit(unit[0, 0].numpy())
+                write_scan(physical, meta, names[index], keep_identifiers=request.keep_identifiers,
+                           patient_id=subject)
+                swd = patch_swd(real.cpu(), unit, patches=2048, directions=256)["mean"]
+                rows.append(ManifestRow(
+                    image=str(names[index].resolve()), label=label, split=split,
+                    synthetic=True, source_image=meta.source_path, subject_id=subject,
+                    modality=str(extra.get("modality_preset", "")), method="random",
+                    model=relative_to_manifest(Path(request.run_dir).resolve(), manifest),
+                    start_scale=start,
+                    seed=request.seed, sifid=sifids[k],
+                    sifid_variant=scorer.variant if scorer else "", diversity=None,
+                    similarity_to_source=similarity[k], height=physical.shape[0],
+                    width=physical.shape[1], extra={"sample_index": index, "patch_swd": swd}))
+                result.written.append(names[index])
+            append_rows(manifest, rows, on_existing="replace")
+            bar.advance(task, len(indices))
+
+    cohort_units = [units[i] if i in units else _read_unit(names[i], mapping)
+                    for i in range(request.n)]
+    cohort_diversity = (diversity(torch.cat(cohort_units), real.cpu())
+                        if request.n >= 2 else None)
+    listed = [relative_to_manifest(p, manifest) for p in names.values()]
+    set_column(manifest, listed, "diversity", cohort_diversity)
+    # the training image first, then the first samples, four or more to a row
+    sheet = [real.cpu(), *cohort_units[: request.grid_size]]
+    save_sample_sheet(out / GRID_FILE, sheet, columns=max(4, int(np.ceil(len(sheet) ** 0.5))))
+    result.summary = _write_summary(out, manifest, listed, request, start, cohort_diversity,
+                                    scorer.variant if scorer else None)
+    return result
+
+
+def _sample_indices(pyramid: TrainedPyramid, indices: list[int], start: int,
+                    seed: int) -> torch.Tensor:
+    """Samples with the given (not necessarily contiguous) indices, in one batch."""
+    runs: list[torch.Tensor] = []
+    first = 0
+    while first < len(indices):
+        last = first
+        while last + 1 < len(indices) and indices[last + 1] == indices[last] + 1:
+            last += 1
+        runs.append(sample(pyramid, last - first + 1, start, seed, first_index=indices[first],
+                           batch_size=last - first + 1))
+        first = last + 1
+    return torch.cat(runs)
+
+
+def _read_unit(path: Path, mapping: IntensityMapping) -> torch.Tensor:
+    """A written sample read back and mapped to [-1, 1] (for the cohort's diversity)."""
+    return torch.from_numpy(mapping.to_unit(read_scan(path).image))[None, None]
+
+
+def _write_summary(out: Path, manifest: Path, listed: list[str], request: AugmentRequest,
+                   start: int, cohort_diversity: float | None,
+                   variant: str | None) -> dict[str, Any]:
+    """``summary.json``: the cohort's settings and mean scores."""
+    frame = read_manifest(manifest)
+    ours = frame[frame["image"].astype(str).isin(listed)]
+    summary = {
+        "run_dir": str(request.run_dir), "n": request.n, "start_scale": start,
+        "seed": request.seed, "diversity": cohort_diversity, "sifid_variant": variant,
+        "sifid_mean": None if ours["sifid"].isna().all() else float(ours["sifid"].mean()),
+        "similarity_mean": float(ours["similarity_to_source"].mean()),
+        "patch_swd_mean": float(ours["patch_swd"].mean()) if "patch_swd" in ours else None,
+        "manifest": str(manifest),
+    }
+    with atomic_path(out / SUMMARY_FILE) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary
