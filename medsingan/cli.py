@@ -17,6 +17,7 @@ import typer
 
 from medsingan import __version__
 from medsingan.errors import MedsinganError
+from medsingan.manipulate_cli import register as register_manipulations
 
 app = typer.Typer(
     name="medsingan",
@@ -357,6 +358,8 @@ def score(
     if report["diversity"] is not None:
         typer.echo(f"diversity {report['diversity']:.4f}")
 
+
+register_manipulations(app)
 
 manifest_app = typer.Typer(help="Validate and combine CSV manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
