@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from medsingan.errors import ConfigError, RunDirError, ScanWriteError
-from medsingan.generate import sample
+from medsingan.generate import sample, scaled_shapes
 from medsingan.io import ScanMetadata, read_scan, write_scan
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.manifest import (
@@ -70,6 +70,10 @@ class AugmentRequest:
     start_scale: str = "N"
     seed: int = 0
     batch_size: int | None = None
+    height: int | None = None
+    width: int | None = None
+    scale_h: float | None = None
+    scale_w: float | None = None
     out: Path | None = None
     output_format: str = "same"
     manifest: Path | None = None
@@ -166,6 +170,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
         raise RunDirError(f"{request.run_dir}/config.json lacks the source description; "
                           "was it written by medsingan train?")
     start = parse_scale(request.start_scale, pyramid.coarsest)
+    shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
     meta = _source_meta(extra, request.keep_identifiers)
     mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
     cohort = dict(extra.get("cohort") or {})
@@ -186,7 +191,8 @@ def augment(request: AugmentRequest) -> AugmentResult:
     out = Path(request.out or Path(request.run_dir) / "samples")
     manifest = Path(request.manifest or Path("data_manifests") / f"{run_name}.csv")
     settings = {"run_sha": sha256_of(Path(request.run_dir) / "weights.safetensors"),
-                "start_scale": start, "seed": request.seed, "format": suffix}
+                "start_scale": start, "seed": request.seed, "format": suffix,
+                "size": list(shapes[0])}
     _check_settings(out, settings, request.overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +216,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
         task = bar.add_task(f"sampling from scale {start}", total=len(todo))
         for first in range(0, len(todo), batch_size):
             indices = todo[first:first + batch_size]
-            images = _sample_indices(pyramid, indices, start, request.seed)
+            images = _sample_indices(pyramid, indices, start, request.seed, shapes)
             sifids = scorer.score(real, images) if scorer else [None] * len(indices)
             similarity = similarity_to_source(images, real)
             rows = []
@@ -249,8 +255,22 @@ def augment(request: AugmentRequest) -> AugmentResult:
     return result
 
 
-def _sample_indices(pyramid: TrainedPyramid, indices: list[int], start: int,
-                    seed: int) -> torch.Tensor:
+def _output_scale(request: AugmentRequest, finest: tuple[int, int]) -> tuple[float, float]:
+    """(scale_h, scale_w) from --height/--width or --scale-h/--scale-w (default 1, 1)."""
+    if request.height is not None and request.scale_h is not None or \
+            request.width is not None and request.scale_w is not None:
+        raise ConfigError("give either --height/--width or --scale-h/--scale-w, not both")
+    for name in ("height", "width", "scale_h", "scale_w"):
+        value = getattr(request, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    scale_h = request.height / finest[0] if request.height else request.scale_h or 1.0
+    scale_w = request.width / finest[1] if request.width else request.scale_w or 1.0
+    return scale_h, scale_w
+
+
+def _sample_indices(pyramid: TrainedPyramid, indices: list[int], start: int, seed: int,
+                    shapes: list[tuple[int, int]]) -> torch.Tensor:
     """Samples with the given (not necessarily contiguous) indices, in one batch."""
     runs: list[torch.Tensor] = []
     first = 0
@@ -259,7 +279,7 @@ def _sample_indices(pyramid: TrainedPyramid, indices: list[int], start: int,
         while last + 1 < len(indices) and indices[last + 1] == indices[last] + 1:
             last += 1
         runs.append(sample(pyramid, last - first + 1, start, seed, first_index=indices[first],
-                           batch_size=last - first + 1))
+                           batch_size=last - first + 1, shapes=shapes))
         first = last + 1
     return torch.cat(runs)
 

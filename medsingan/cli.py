@@ -281,6 +281,18 @@ def augment(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", help="Samples per forward pass [default: about 1 GiB of activations, "
         "at most 64].", show_default=False)] = None,
+    height: Annotated[int | None, typer.Option(
+        "--height", help="Output height, px [default: the run's finest size].",
+        show_default=False)] = None,
+    width: Annotated[int | None, typer.Option(
+        "--width", help="Output width, px [default: the run's finest size].",
+        show_default=False)] = None,
+    scale_h: Annotated[float | None, typer.Option(
+        "--scale-h", help="Output height as a multiple of the run's [default: 1].",
+        show_default=False)] = None,
+    scale_w: Annotated[float | None, typer.Option(
+        "--scale-w", help="Output width as a multiple of the run's [default: 1].",
+        show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output folder [default: RUN_DIR/samples].",
         show_default=False)] = None,
@@ -317,7 +329,8 @@ def augment(
 
     result = run_augment(AugmentRequest(
         run_dir=run_dir, n=n, start_scale=start_scale, seed=seed, batch_size=batch_size,
-        out=out, output_format=output_format.value, manifest=manifest, label=label,
+        height=height, width=width, scale_h=scale_h, scale_w=scale_w, out=out,
+        output_format=output_format.value, manifest=manifest, label=label,
         split=split, subject_id=subject_id, sifid=not no_sifid,
         inception_weights=inception_weights, device=device, overwrite=overwrite,
         keep_identifiers=keep_identifiers, progress=not quiet))

@@ -82,15 +82,16 @@ class TrainedPyramid:
         """Run the generators from scale ``start`` down to the finer scale ``end`` (inclusive).
 
         ``noises[i]`` is the unit noise of scale ``start - i`` (``(B, C, h, w)``); it is scaled by
-        that scale's amplitude. ``previous`` is the output of scale ``start + 1`` (``None`` when
-        ``start`` is the coarsest scale, whose input is then noise alone). Deterministic: all
-        randomness is in ``noises``.
+        that scale's amplitude, and its size sets the output size of that scale (the networks
+        are fully convolutional, so any size works). ``previous`` is the output of scale
+        ``start + 1`` (``None`` when ``start`` is the coarsest scale, whose input is then noise
+        alone). Deterministic: all randomness is in ``noises``.
         """
         if len(noises) != start - end + 1:
             raise ValueError(f"need {start - end + 1} noise maps, got {len(noises)}")
         x = previous
         for noise, scale in zip(noises, range(start, end - 1, -1), strict=True):
-            up = torch.zeros_like(noise) if x is None else resize(x, self.shapes[scale])
+            up = torch.zeros_like(noise) if x is None else resize(x, tuple(noise.shape[-2:]))
             x = self.generators[scale](self.noise_amps[scale] * noise + up, up)
         assert x is not None
         return x
