@@ -15,10 +15,11 @@ from PIL import Image
 from tests.conftest import dicom_file, nifti_file
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str | Path, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed console entry point as a user would."""
     command = [sys.executable, "-c", "from medsingan.cli import main; main()", *map(str, args)]
-    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    env = {**os.environ, "PYTHONWARNINGS": "default", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, check=False)
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import torchvision
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from medsingan.io import read_scan
@@ -20,17 +17,6 @@ from medsingan.metrics.sifid import (
     frechet_distance,
 )
 from tests.conftest import dicom_file
-
-
-@pytest.fixture(scope="session")
-def inception_weights(tmp_path_factory) -> Path:
-    """A weights file with the FID Inception's names and shapes (random values: the network
-    cannot be downloaded here, but every loading step and every score is real)."""
-    network = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
-                                              init_weights=True)
-    path = tmp_path_factory.mktemp("weights") / FID_WEIGHTS_NAME
-    torch.save(network.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
