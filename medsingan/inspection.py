@@ -12,6 +12,7 @@ from PIL import Image
 
 from medsingan.io import Scan, read_scan
 from medsingan.io.atomic import atomic_path
+from medsingan.model.previews import to_uint8
 from medsingan.preprocess import IntensityMapping, prepare_scan
 from medsingan.presets import Preset, resolve_preset
 from medsingan.pyramid import pyramid_shapes, resize
@@ -55,19 +56,15 @@ def inspect_scan(path: Path, *, modality: str = "auto", window: str | None = Non
     return Inspection(scan=scan, preset=preset, mapping=mapping, unit_image=unit, pyramid=shapes)
 
 
-def unit_to_uint8(unit: np.ndarray) -> np.ndarray:
-    """[-1, 1] -> 0..255 for display (-1 black, 1 white)."""
-    return np.clip(np.rint((unit.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def write_preview(unit: np.ndarray, path: Path, *, max_size: int | None = None) -> Path:
     """Write a [-1, 1] image as an 8-bit PNG, rows x columns unless ``max_size`` shrinks it."""
+    image = torch.from_numpy(unit)[None, None]
     if max_size is not None and max(unit.shape) > max_size:
         scale = max_size / max(unit.shape)
         size = (max(1, round(unit.shape[0] * scale)), max(1, round(unit.shape[1] * scale)))
-        unit = resize(torch.from_numpy(unit)[None, None], size)[0, 0].numpy()
+        image = resize(image, size)
     with atomic_path(path) as tmp:
-        Image.fromarray(unit_to_uint8(unit)).save(tmp, format="PNG")
+        Image.fromarray(to_uint8(image[0, 0])).save(tmp, format="PNG")
     return path
 
 
