@@ -101,6 +101,8 @@ class TrainConfig:
         num_layers, kernel_size: convolutions per network and their size (receptive field
             ``num_layers * (kernel_size - 1) + 1``).
         norm, activation, padding: see :mod:`medsingan.model.blocks`.
+        amp: run the convolutions in bfloat16 (autocast; fast on CPUs with AVX512-BF16 or AMX
+            and on recent GPUs); losses, gradients and weights stay float32.
         seed: the run's random seed.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
         log_every: write a history row every this many iterations (and the last one).
@@ -129,6 +131,7 @@ class TrainConfig:
     norm: str = "batch"
     activation: str = "lrelu"
     padding: str = "zero"
+    amp: bool = False
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
@@ -215,7 +218,7 @@ def gradient_penalty(critic: Discriminator, real: torch.Tensor, fake: torch.Tens
     random interpolation ``x = a * real + (1 - a) * fake``."""
     a = float(torch.rand((), generator=generator))
     mixed = (a * real + (1 - a) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    (grad,) = torch.autograd.grad(critic(mixed).float().sum(), mixed, create_graph=True)
     return ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
@@ -248,6 +251,7 @@ def _random_previous(job: _ScaleJob) -> torch.Tensor:
 def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list[dict[str, float]]:
     """Train ``job.generator`` and ``job.critic`` for ``config.iters`` iterations."""
     real = job.pyramid.reals[job.scale]
+    autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
     gen, critic = job.generator.train(), job.critic.train()
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
@@ -255,24 +259,27 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
     rec_input = job.noise_amp * job.pyramid.reconstruction_noise(job.scale) + job.rec_previous
     rows: list[dict[str, float]] = []
     critic_steps = 0
+    gp = torch.zeros((), device=real.device)  # the last penalty computed, for the history
     start = time.perf_counter()
     for it in range(config.iters):
         if it == drop_at:
             for opt in (opt_g, opt_d):
                 for group in opt.param_groups:
                     group["lr"] *= config.lr_drop_factor
-        previous = _random_previous(job)
+        with autocast:
+            previous = _random_previous(job)
         noisy = job.noise_amp * draw_noise(tuple(real.shape), job.rng, real.device) + previous
         # G is not updated during the critic steps, so one fake serves all of them.
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             fake = gen(noisy, previous)
         critic.requires_grad_(True)
         for _ in range(config.d_steps):
             opt_d.zero_grad(set_to_none=True)
-            d_loss = critic(fake).mean() - critic(real).mean()
-            gp = torch.zeros((), device=real.device)
+            with autocast:
+                d_loss = critic(fake).float().mean() - critic(real).float().mean()
             if config.gp_weight > 0 and critic_steps % config.gp_every == 0:
-                gp = gradient_penalty(critic, real, fake, job.rng)
+                with autocast:
+                    gp = gradient_penalty(critic, real, fake, job.rng)
                 d_loss = d_loss + config.gp_weight * config.gp_every * gp
             critic_steps += 1
             d_loss.backward()
@@ -280,14 +287,11 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
         critic.requires_grad_(False)  # G steps need gradients w.r.t. the input only
         for _ in range(config.g_steps):
             opt_g.zero_grad(set_to_none=True)
-            g_adv = -critic(gen(noisy, previous)).mean()
-            if config.alpha > 0:
-                rec = F.mse_loss(gen(rec_input, job.rec_previous), real)
-                (g_adv + config.alpha * rec).backward()
-            else:
-                with torch.no_grad():
-                    rec = F.mse_loss(gen(rec_input, job.rec_previous), real)
-                g_adv.backward()
+            with autocast:
+                g_adv = -critic(gen(noisy, previous)).float().mean()
+                with torch.set_grad_enabled(config.alpha > 0):
+                    rec = F.mse_loss(gen(rec_input, job.rec_previous).float(), real)
+            (g_adv + config.alpha * rec if config.alpha > 0 else g_adv).backward()
             opt_g.step()
         if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
             row = {"scale": job.scale, "iter": it + 1, "d_loss": d_loss.item(),
