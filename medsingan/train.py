@@ -561,7 +561,7 @@ def train(
     pyramid.metadata = metadata
     history = _read_history(run_dir / HISTORY_FILE, set(pyramid.generators))
     report = _Reporter(progress, len(shapes), config.iters)
-    scale = pyramid.finest_trained - 1
+    scale = saved = pyramid.finest_trained
     try:
         for scale in range(pyramid.finest_trained - 1, last_scale - 1, -1):
             level = coarsest - scale
@@ -580,11 +580,11 @@ def train(
             metadata["progress"][str(scale)] = {"iters": config.iters,
                                                 "seconds": time.perf_counter() - started}
             _save_scale(run_dir, pyramid, critics, history, metadata, scale, config.seed)
+            saved = scale
             report.finished(scale, shapes[scale], spec.width, amp, rows)
     except KeyboardInterrupt:
-        saved = (f"scales {coarsest}..{pyramid.finest_trained} are saved"
-                 if pyramid.generators else "no scale was finished")
-        raise TrainingInterrupted(f"training interrupted at scale {scale}; {saved} in {run_dir}:"
+        done = f"scales {coarsest}..{saved} are saved" if saved <= coarsest else "nothing is saved"
+        raise TrainingInterrupted(f"training interrupted at scale {scale}; {done} in {run_dir}:"
                                   " continue with --resume") from None
     return pyramid
 

@@ -87,14 +87,14 @@ class TrainedPyramid:
         ``start + 1`` (``None`` when ``start`` is the coarsest scale, whose input is then noise
         alone). Deterministic: all randomness is in ``noises``.
         """
-        if len(noises) != start - end + 1:
-            raise ValueError(f"need {start - end + 1} noise maps, got {len(noises)}")
+        if start < end or len(noises) != start - end + 1:
+            raise ValueError(f"scales {start}..{end} need {start - end + 1} noise maps, "
+                             f"got {len(noises)}")
         x = previous
         for noise, scale in zip(noises, range(start, end - 1, -1), strict=True):
             up = torch.zeros_like(noise) if x is None else resize(x, tuple(noise.shape[-2:]))
             x = self.generators[scale](self.noise_amps[scale] * noise + up, up)
-        assert x is not None
-        return x
+        return x  # type: ignore[return-value]  # not None: at least one scale ran
 
     @torch.no_grad()
     def reconstruct(self, end: int | None = None) -> torch.Tensor:
