@@ -118,7 +118,8 @@ def default_batch_size(pyramid: TrainedPyramid) -> int:
     return int(np.clip((1 << 30) // max(per_sample, 1), 1, 64))
 
 
-def _source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
+def source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
+    """The run's source description (``config.json`` extra), ready for ``write_scan``."""
     meta = ScanMetadata.from_dict(extra["source"])
     meta.dicom_header = extra.get("source_dicom_header")
     if keep_identifiers:
@@ -171,7 +172,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
                           "was it written by medsingan train?")
     start = parse_scale(request.start_scale, pyramid.coarsest)
     shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
-    meta = _source_meta(extra, request.keep_identifiers)
+    meta = source_meta(extra, request.keep_identifiers)
     mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
     cohort = dict(extra.get("cohort") or {})
     if request.split is not None and cohort.get("split") and request.split != cohort["split"]:

@@ -2,8 +2,164 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:
+    from medsingan.manipulate import ManipulationResult
+
+
+class Intensity(str, Enum):
+    scan = "scan"
+    display = "display"
+
+
+RunArg = Annotated[Path, typer.Argument(help="A run directory written by train.",
+                                        show_default=False)]
+NOpt = Annotated[int, typer.Option("--n", help="Number of variants (different noise).")]
+SeedOpt = Annotated[int, typer.Option(
+    "--seed", help="Seed: variant k of seed s is the same whatever --n.")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Output folder [default: RUN_DIR/<command>].", show_default=False)]
+ManifestOpt = Annotated[Path | None, typer.Option(
+    "--manifest", help="Manifest CSV rows are appended to [default: "
+    "data_manifests/<run name>.csv].", show_default=False)]
+LabelOpt = Annotated[str | None, typer.Option(
+    "--label", help="Label column, e.g. fracture [default: the run's --label].",
+    show_default=False)]
+IntensityOpt = Annotated[Intensity, typer.Option(
+    "--intensity", help="Values of the input files: scan (the scan's own units, mapped with "
+    "the run's intensity mapping) or display (8-bit grey 0..255, as inspect --preview "
+    "writes it).")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace output files already there.")]
+KeepIdsOpt = Annotated[bool, typer.Option(
+    "--keep-identifiers", help="Keep the source's patient identifiers in written DICOMs "
+    "(needs the original source file).")]
+LesionOpt = Annotated[Path | None, typer.Option(
+    "--lesion", exists=True, dir_okay=False, help="Patch to insert (any readable scan or crop), "
+    "pasted as is in px of the run's finest scale; needs --at.", show_default=False)]
+AtOpt = Annotated[str | None, typer.Option(
+    "--at", help="X,Y: column and row (px of the run's finest scale) of the patch's top-left "
+    "corner.", show_default=False)]
+LesionMaskOpt = Annotated[Path | None, typer.Option(
+    "--lesion-mask", exists=True, dir_okay=False, help="Mask of the patch's size, non-zero "
+    "on the finding [default: the whole patch].", show_default=False)]
+CompositeOpt = Annotated[Path | None, typer.Option(
+    "--composite", exists=True, dir_okay=False, help="Your own edited scan (the scan's aspect "
+    "ratio, any size); needs --mask.", show_default=False)]
+MaskOpt = Annotated[Path | None, typer.Option(
+    "--mask", exists=True, dir_okay=False, help="Mask of the composite's size, non-zero where "
+    "it was edited.", show_default=False)]
+InjectOpt = Annotated[str | None, typer.Option(
+    "--inject-scale", help="Scale the composite is injected at: N (coarsest), N-k or an index "
+    "(0 = finest) [default: the coarsest scale where the edited box still spans 5 px, "
+    "within 1..N-1].", show_default=False)]
+
+
+def _report(result: ManipulationResult) -> None:
+    typer.echo(f"{len(result.written)} file(s) written to {result.out}")
+    if result.box is not None:
+        x, y, w, h = result.box
+        typer.echo(f"edited box: x {x}, y {y}, w {w}, h {h} px; mask {result.mask}; "
+                   f"injected at scale {result.inject_scale}")
+    if result.seam is not None:
+        seam = result.seam
+        excess = sum(seam["result_excess"]) / len(seam["result_excess"])
+        typer.echo(f"seam score: source {seam['source']:.3f}, naive paste {seam['naive']:.3f}, "
+                   f"result {seam['source'] + excess:.3f} (mean); excess {seam['naive_excess']:.3f}"
+                   f" -> {excess:.3f}")
+    typer.echo(f"grid: {result.grid}")
+    typer.echo(f"manifest: {result.manifest}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the manipulation commands to the ``medsingan`` app."""
+
+    def insertion_command(mode: str) -> Callable[..., None]:
+        def command(
+            run_dir: RunArg,
+            lesion: LesionOpt = None,
+            at: AtOpt = None,
+            lesion_mask: LesionMaskOpt = None,
+            composite: CompositeOpt = None,
+            mask: MaskOpt = None,
+            inject_scale: InjectOpt = None,
+            n: NOpt = 1,
+            seed: SeedOpt = 0,
+            out: OutOpt = None,
+            manifest: ManifestOpt = None,
+            label: LabelOpt = None,
+            intensity: IntensityOpt = Intensity.scan,
+            overwrite: OverwriteOpt = False,
+            keep_identifiers: KeepIdsOpt = False,
+        ) -> None:
+            from medsingan import manipulate
+
+            run = manipulate.edit if mode == "edit" else manipulate.harmonize
+            _report(run(manipulate.EditRequest(
+                run_dir=run_dir, lesion=lesion, at=at, lesion_mask=lesion_mask,
+                composite=composite, mask=mask, inject_scale=inject_scale, n=n, seed=seed,
+                out=out, manifest=manifest, label=label, intensity=intensity.value,
+                overwrite=overwrite, keep_identifiers=keep_identifiers)))
+
+        return command
+
+    app.command("edit", help="Insert a finding so that it looks native: a --lesion patch "
+                "--at X,Y, or your --composite and --mask; injected at a coarse scale, "
+                "re-synthesised, blended (radius 20 px at 250 px).")(insertion_command("edit"))
+    app.command("harmonize", help="Adapt a pasted object's appearance to the scan: like edit, "
+                "with a narrow blend (radius 7 px at 250 px).")(insertion_command("harmonize"))
+
+    @app.command("paint")
+    def paint(
+        run_dir: RunArg,
+        painting: Annotated[Path, typer.Option(
+            "--paint", exists=True, dir_okay=False, help="A coarse drawing of the scan (its "
+            "aspect ratio, any size).", show_default=False)],
+        inject_scale: Annotated[str, typer.Option(
+            "--inject-scale", help="Scale the drawing is injected at: N, N-k or an index "
+            "(0 = finest); coarser keeps less of the drawing.")] = "N-1",
+        n: NOpt = 1,
+        seed: SeedOpt = 0,
+        out: OutOpt = None,
+        manifest: ManifestOpt = None,
+        label: LabelOpt = None,
+        intensity: IntensityOpt = Intensity.scan,
+        overwrite: OverwriteOpt = False,
+        keep_identifiers: KeepIdsOpt = False,
+    ) -> None:
+        """Turn a coarse drawing of anatomy into realistic texture (paint-to-image)."""
+        from medsingan.manipulate import PaintRequest
+        from medsingan.manipulate import paint as run_paint
+
+        _report(run_paint(PaintRequest(
+            run_dir=run_dir, paint=painting, inject_scale=inject_scale, n=n, seed=seed, out=out,
+            manifest=manifest, label=label, intensity=intensity.value, overwrite=overwrite,
+            keep_identifiers=keep_identifiers)))
+
+    @app.command("super-resolve")
+    def super_resolve(
+        run_dir: RunArg,
+        factor: Annotated[float, typer.Option(
+            "--factor", help="Up-sampling factor, in (1, 16]; about 3 passes of the finest "
+            "generator per doubling.")] = 4.0,
+        n: NOpt = 1,
+        seed: SeedOpt = 0,
+        out: OutOpt = None,
+        manifest: ManifestOpt = None,
+        label: LabelOpt = None,
+        overwrite: OverwriteOpt = False,
+        keep_identifiers: KeepIdsOpt = False,
+    ) -> None:
+        """Up-sample the training scan through its finest generator (the paper's SR)."""
+        from medsingan.manipulate import SuperResolveRequest
+        from medsingan.manipulate import super_resolve as run_super_resolve
+
+        _report(run_super_resolve(SuperResolveRequest(
+            run_dir=run_dir, factor=factor, n=n, seed=seed, out=out, manifest=manifest,
+            label=label, overwrite=overwrite, keep_identifiers=keep_identifiers)))

@@ -1,0 +1,569 @@
+"""The paper's manipulations (SinGAN Sec. 4): editing, harmonization, paint-to-image and
+super-resolution, plus a seam score that measures an insertion without a human.
+
+All images are ``(B, 1, h, w)`` tensors in [-1, 1] at the run's finest scale unless said
+otherwise; scale 0 is the finest, ``N`` the coarsest.
+
+* **edit / harmonize**: a naive composite (a lesion patch pasted into the training scan, or the
+  user's own composite) is down-sampled and injected at a coarse scale ``S``: it stands in for the
+  output of scale ``S + 1``, and the generators ``S .. 0`` re-synthesise it with fresh noise
+  (variant ``k`` of seed ``s`` uses the sampling noise ``(s, k)``). The result is blended into the
+  scan, ``out = (1 - m) * real + m * generated``, with ``m`` the mask dilated by a disk of radius
+  ``r`` and blurred by a Gaussian of width ``sigma`` (paper: ``r`` 20 px for editing, 7 for
+  harmonization, ``sigma`` 5, for ~250 px images; scaled down for smaller runs). The blur is cut at
+  ``3 sigma``, so every pixel farther than ``r + ceil(3 sigma)`` from the mask equals the scan
+  exactly.
+* **paint**: a coarse drawing is injected at a coarse scale (default ``N-1``), no blending.
+* **super-resolve**: the finest generator is applied repeatedly, each step up-sampling by
+  ``factor ** (1 / steps)`` (about ``2 ** (1/3)``: 6 steps for x4) and adding noise of the finest
+  noise amplitude.
+
+The seam score of an image along a mask is the mean gradient magnitude on the mask's border
+(the pixels on either side of it) divided by the mean gradient magnitude of the source scan;
+the *seam excess* subtracts the source's own score on the same border, so an invisible seam has
+an excess of 0.
+
+>>> from medsingan.manipulate import EditRequest, edit  # doctest: +SKIP
+>>> result = edit(EditRequest(run_dir=Path("runs/hand"), lesion=Path("lesion.png"),
+...                           at="20,14", n=4, label="fracture"))  # doctest: +SKIP
+>>> result.seam  # doctest: +SKIP
+{'naive': 2.9, 'source': 1.1, 'results': [1.3, 1.2, 1.4, 1.2], ...}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from medsingan.augment import FORMAT_SUFFIX, parse_scale, source_meta
+from medsingan.errors import ConfigError, RunDirError, ScanWriteError
+from medsingan.generate import sample_noise
+from medsingan.io import Scan, read_scan, write_scan
+from medsingan.io.atomic import atomic_path
+from medsingan.manifest import ManifestRow, append_rows, relative_to_manifest
+from medsingan.metrics.diversity import similarity_to_source
+from medsingan.model.container import TrainedPyramid
+from medsingan.model.noise import draw_noise, seeded_generator
+from medsingan.model.previews import save_sample_sheet
+from medsingan.preprocess import IntensityMapping
+from medsingan.pyramid import resize
+from medsingan.train import load_run
+
+# Super-resolution noise has a stream of its own (the trainer uses 1 and 2, sampling 3).
+_SUPER_RESOLUTION_STREAM = 4
+# The paper's blend parameters are for images of about this longer side, px.
+_PAPER_IMAGE_SIDE = 250
+BLEND_RADIUS = {"edit": 20, "harmonize": 7}
+BLEND_SIGMA = 5.0
+# A composite or painting may differ this much (relative) in aspect ratio from the run's scan.
+_ASPECT_TOLERANCE = 0.05
+MAX_SUPER_RESOLUTION_FACTOR = 16.0
+# The default injection scale keeps the finding at least this many px on its shorter side: the
+# official examples inject an object of ~40 px at N-2 of a 250 px run, i.e. at ~5 px.
+_MIN_FINDING_SIDE_AT_INJECTION = 5
+INTENSITIES = ("scan", "display")
+
+
+# --- tensor level: composites, masks, injection, blending, seams ---------------------------
+
+@dataclass
+class Insertion:
+    """A naive composite at the finest scale and the binary mask of what was changed.
+
+    ``box`` is the mask's bounding box ``(x, y, w, h)`` in finest-scale pixels (column, row).
+    """
+
+    composite: torch.Tensor
+    mask: torch.Tensor
+    box: tuple[int, int, int, int]
+
+
+def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """Bounding box ``(x, y, w, h)`` of the non-zero pixels of a ``(1, 1, h, w)`` mask."""
+    rows = torch.nonzero(mask[0, 0].any(dim=1)).flatten()
+    cols = torch.nonzero(mask[0, 0].any(dim=0)).flatten()
+    if len(rows) == 0:
+        raise ConfigError("the mask is empty: mark the edited region with non-zero pixels")
+    x, y = int(cols[0]), int(rows[0])
+    return x, y, int(cols[-1]) - x + 1, int(rows[-1]) - y + 1
+
+
+def paste_lesion(real: torch.Tensor, patch: torch.Tensor, at: tuple[int, int],
+                 patch_mask: torch.Tensor | None = None) -> Insertion:
+    """Paste ``patch`` (``(1, 1, ph, pw)``) with its top-left corner at column ``at[0]``, row
+    ``at[1]`` of ``real``; where ``patch_mask`` is given only its non-zero pixels are pasted.
+
+    Raises:
+        ConfigError: the patch is larger than the scan or leaves it at ``at``; the mask has
+            another size than the patch or is empty.
+    """
+    height, width = real.shape[-2:]
+    patch_h, patch_w = patch.shape[-2:]
+    x, y = at
+    if patch_h > height or patch_w > width:
+        raise ConfigError(f"the lesion patch ({patch_w} x {patch_h} px) is larger than the "
+                          f"run's scan ({width} x {height} px at its finest scale)")
+    if not (0 <= x <= width - patch_w and 0 <= y <= height - patch_h):
+        raise ConfigError(f"--at {x},{y} puts the {patch_w} x {patch_h} px patch outside the "
+                          f"{width} x {height} px scan: X must lie in 0..{width - patch_w}, "
+                          f"Y in 0..{height - patch_h}")
+    if patch_mask is None:
+        patch_mask = torch.ones_like(patch)
+    elif patch_mask.shape[-2:] != patch.shape[-2:]:
+        raise ConfigError(f"--lesion-mask is {patch_mask.shape[-1]} x {patch_mask.shape[-2]} "
+                          f"px but the patch is {patch_w} x {patch_h} px; they must match")
+    mask = torch.zeros_like(real)
+    mask[..., y:y + patch_h, x:x + patch_w] = patch_mask
+    composite = real.clone()
+    region = composite[..., y:y + patch_h, x:x + patch_w]
+    composite[..., y:y + patch_h, x:x + patch_w] = torch.where(patch_mask > 0, patch, region)
+    return Insertion(composite, mask, mask_box(mask))
+
+
+def _check_aspect(shape: tuple[int, int], target: tuple[int, int], what: str) -> None:
+    ratio, expected = shape[1] / shape[0], target[1] / target[0]
+    if abs(ratio / expected - 1) > _ASPECT_TOLERANCE:
+        raise ConfigError(f"{what} is {shape[1]} x {shape[0]} px, not the shape of the run's "
+                          f"scan ({target[1]} x {target[0]} px): give it the scan's aspect ratio")
+
+
+def composite_insertion(real: torch.Tensor, composite: torch.Tensor,
+                        mask: torch.Tensor) -> Insertion:
+    """The user's composite and mask (same size, the scan's aspect ratio) at the finest scale.
+
+    The mask is resized with anti-aliasing and thresholded at one half.
+    """
+    if mask.shape[-2:] != composite.shape[-2:]:
+        raise ConfigError(f"--mask is {mask.shape[-1]} x {mask.shape[-2]} px but the composite "
+                          f"is {composite.shape[-1]} x {composite.shape[-2]} px; they must match")
+    if not bool(mask.any()):
+        raise ConfigError("the mask is empty: mark the edited region with non-zero pixels")
+    shape = tuple(real.shape[-2:])
+    _check_aspect(tuple(composite.shape[-2:]), shape, "the composite")
+    small = (resize(mask.float(), shape, mode="bilinear") >= 0.5).float()
+    if not bool(small.any()):
+        raise ConfigError(f"the mask vanishes at the run's finest scale ({shape[1]} x {shape[0]}"
+                          " px): mark a larger region")
+    return Insertion(resize(composite, shape).clamp(-1, 1), small, mask_box(small))
+
+
+def blend_parameters(shape: tuple[int, int], mode: str) -> tuple[int, float]:
+    """Dilation radius (px) and blur sigma (px) of the blend mask for an image of ``shape``.
+
+    The paper's values (radius 20 for ``edit``, 7 for ``harmonize``, sigma 5) hold for ~250 px
+    images; smaller images get them scaled by ``longer side / 250``.
+    """
+    zoom = min(1.0, max(shape) / _PAPER_IMAGE_SIDE)
+    return max(1, round(BLEND_RADIUS[mode] * zoom)), max(0.5, BLEND_SIGMA * zoom)
+
+
+def blend_margin(shape: tuple[int, int], mode: str) -> int:
+    """Pixels farther than this from the mask (chessboard distance) are left exactly as they are."""
+    radius, sigma = blend_parameters(shape, mode)
+    return radius + math.ceil(3 * sigma)
+
+
+def _disk(radius: int) -> torch.Tensor:
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    return ((steps[:, None] ** 2 + steps[None, :] ** 2) <= radius**2).float()[None, None]
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of a ``(1, 1, h, w)`` mask by a disk of ``radius`` px."""
+    hits = F.conv2d((mask > 0).float(), _disk(radius).to(mask), padding=radius)
+    return (hits > 0.5).float()
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur cut at ``ceil(3 sigma)`` px, zero outside the image."""
+    radius = math.ceil(3 * sigma)
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(steps**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(image)
+    blurred = F.conv2d(image, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+
+
+def blend_mask(mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """The soft blend weight ``m`` in [0, 1]: mask dilated, blurred, normalised to max 1.
+
+    ``m`` is exactly 0 beyond :func:`blend_margin` of the mask.
+    """
+    radius, sigma = blend_parameters(tuple(mask.shape[-2:]), mode)
+    soft = gaussian_blur(dilate(mask, radius), sigma)
+    soft = torch.where(soft > 0, soft, torch.zeros_like(soft))  # no round-off below zero
+    return (soft / soft.max()).clamp(0, 1)
+
+
+def blend(real: torch.Tensor, generated: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``(1 - m) * real + m * generated``: equal to ``real`` wherever ``m`` is 0."""
+    return torch.where(weight > 0, (1 - weight) * real + weight * generated, real)
+
+
+@torch.no_grad()
+def inject(pyramid: TrainedPyramid, image: torch.Tensor, scale: int, seed: int,
+           indices: list[int]) -> torch.Tensor:
+    """Run the generators ``scale .. 0`` on ``image`` (``(1, 1, h, w)``, any size of the scan's
+    shape), which stands in for the output of scale ``scale + 1``; one variant per index, with
+    the sampling noise of ``(seed, index)``. Returns ``(len(indices), 1, h0, w0)``."""
+    coarser = pyramid.shapes[min(scale + 1, pyramid.coarsest)]
+    previous = resize(image.to(pyramid.device), coarser).clamp(-1, 1)
+    per_sample = [sample_noise(pyramid, scale, 0, seed, index) for index in indices]
+    noises = [torch.cat(maps) for maps in zip(*per_sample, strict=True)]
+    return pyramid.forward_scales(scale, 0, noises, previous.expand(len(indices), -1, -1, -1))
+
+
+def super_resolution_steps(factor: float) -> int:
+    """Passes through the finest generator: ``round(log(factor) / log(2 ** (1/3)))``, >= 1."""
+    return max(1, round(3 * math.log2(factor)))
+
+
+@torch.no_grad()
+def super_resolution(pyramid: TrainedPyramid, factor: float, seed: int,
+                     indices: list[int]) -> torch.Tensor:
+    """The training scan up-sampled ``factor`` times through the finest generator, one variant
+    per index (noise ``(seed, index)``); ``(len(indices), 1, round(h0 * f), round(w0 * f))``."""
+    generator, amp = pyramid.generators[0], pyramid.noise_amps[0]
+    height, width = pyramid.shapes[0]
+    steps = super_resolution_steps(factor)
+    randomness = [seeded_generator(seed, _SUPER_RESOLUTION_STREAM, i) for i in indices]
+    x = pyramid.reals[0].expand(len(indices), -1, -1, -1)
+    for step in range(1, steps + 1):
+        zoom = factor ** (step / steps)
+        shape = (round(height * zoom), round(width * zoom))
+        up = resize(x, shape)
+        noise = torch.cat([draw_noise((1, x.shape[1], *shape), g, pyramid.device)
+                           for g in randomness])
+        x = generator(amp * noise + up, up)
+    return x
+
+
+def _gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
+    """Central-difference gradient magnitude of ``(1, 1, h, w)`` (edges replicated)."""
+    padded = F.pad(image, [1, 1, 1, 1], mode="replicate")
+    dx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
+    dy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+    return torch.sqrt(dx**2 + dy**2)
+
+
+def mask_border(mask: torch.Tensor) -> torch.Tensor:
+    """The pixels on either side of the mask's edge (8-neighbourhood), ``(1, 1, h, w)`` bool."""
+    inside = (mask > 0).float()
+    grown = F.max_pool2d(inside, 3, stride=1, padding=1)
+    shrunk = -F.max_pool2d(-inside, 3, stride=1, padding=1)
+    return (grown - shrunk) > 0
+
+
+def seam_score(image: torch.Tensor, mask: torch.Tensor, source: torch.Tensor) -> float:
+    """Mean gradient magnitude of ``image`` on ``mask``'s border, divided by the mean gradient
+    magnitude of the whole ``source`` scan (all ``(1, 1, h, w)``). A paste whose edge is no
+    sharper than the scan's typical detail scores about the source's own score there."""
+    border = mask_border(mask)
+    if not bool(border.any()):
+        raise ConfigError("the mask has no border inside the image (it covers all of it)")
+    typical = float(_gradient_magnitude(source).mean())
+    return float(_gradient_magnitude(image)[border].mean()) / max(typical, 1e-8)
+
+
+def seam_report(real: torch.Tensor, naive: torch.Tensor, results: torch.Tensor,
+                mask: torch.Tensor) -> dict[str, Any]:
+    """Seam scores of the source, the naive composite and each result, and their excesses over
+    the source's own score on the same border (``result_excess <= naive_excess / 2`` is the
+    acceptance bar of an insertion)."""
+    base = seam_score(real, mask, real)
+    naive_score = seam_score(naive, mask, real)
+    scores = [seam_score(r[None], mask, real) for r in results]
+    return {"source": base, "naive": naive_score, "results": scores,
+            "naive_excess": naive_score - base,
+            "result_excess": [score - base for score in scores]}
+
+
+def default_inject_scale(pyramid: TrainedPyramid, box: tuple[int, int, int, int]) -> int:
+    """The coarsest scale at which the edited box's shorter side still spans 5 px, kept within
+    ``1 .. N-1``: coarse enough that the finer scales re-synthesise the seam, fine enough that
+    the finding is reshaped rather than erased."""
+    side = min(box[2], box[3])
+    finest = min(pyramid.shapes[0])
+    fitting = [s for s in range(pyramid.num_scales)
+               if side * min(pyramid.shapes[s]) / finest >= _MIN_FINDING_SIDE_AT_INJECTION]
+    scale = max(fitting, default=0)
+    return int(np.clip(scale, min(1, pyramid.coarsest), max(pyramid.coarsest - 1, 0)))
+
+
+# --- file level: requests, run loading, outputs, manifest rows -----------------------------
+
+@dataclass
+class ManipulationRequest:
+    """Where the results go and what they inherit; ``None`` means "from the run"."""
+
+    run_dir: Path
+    n: int = 1
+    seed: int = 0
+    out: Path | None = None
+    manifest: Path | None = None
+    label: str | None = None
+    intensity: str = "scan"
+    overwrite: bool = False
+    keep_identifiers: bool = False
+
+
+@dataclass
+class EditRequest(ManipulationRequest):
+    """``lesion`` + ``at`` (+ ``lesion_mask``), or ``composite`` + ``mask``."""
+
+    lesion: Path | None = None
+    at: str | tuple[int, int] | None = None
+    lesion_mask: Path | None = None
+    composite: Path | None = None
+    mask: Path | None = None
+    inject_scale: str | int | None = None
+
+
+@dataclass
+class PaintRequest(ManipulationRequest):
+    paint: Path | None = None
+    inject_scale: str | int = "N-1"
+
+
+@dataclass
+class SuperResolveRequest(ManipulationRequest):
+    factor: float = 4.0
+
+
+@dataclass
+class ManipulationResult:
+    out: Path
+    manifest: Path
+    written: list[Path] = field(default_factory=list)
+    mask: Path | None = None
+    grid: Path | None = None
+    box: tuple[int, int, int, int] | None = None
+    inject_scale: int | None = None
+    seam: dict[str, Any] | None = None
+    images: torch.Tensor | None = None
+
+
+@dataclass
+class _Run:
+    """A loaded run and what its outputs inherit."""
+
+    run_dir: Path
+    pyramid: TrainedPyramid
+    extra: dict[str, Any]
+    mapping: IntensityMapping
+    label: str
+    split: str
+    subject: str
+    suffix: str
+
+    @property
+    def real(self) -> torch.Tensor:
+        return self.pyramid.reals[0]
+
+
+def _open_run(request: ManipulationRequest) -> _Run:
+    if request.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {request.n}")
+    if request.intensity not in INTENSITIES:
+        raise ConfigError(f"--intensity must be scan or display, not '{request.intensity}'")
+    pyramid = load_run(request.run_dir)
+    if not pyramid.is_complete:
+        raise RunDirError(f"{request.run_dir} is not fully trained (finest trained scale "
+                          f"{pyramid.finest_trained}); finish it with train --resume")
+    extra = pyramid.metadata.get("extra") or {}
+    if "source" not in extra or "intensity_mapping" not in extra:
+        raise RunDirError(f"{request.run_dir}/config.json lacks the source description; "
+                          "was it written by medsingan train?")
+    meta = source_meta(extra, request.keep_identifiers)
+    cohort = dict(extra.get("cohort") or {})
+    label = request.label if request.label is not None else cohort.get("label", "")
+    return _Run(run_dir=Path(request.run_dir), pyramid=pyramid, extra=extra,
+                mapping=IntensityMapping.from_dict(extra["intensity_mapping"]), label=label,
+                split=cohort.get("split", ""),
+                subject=cohort.get("subject_id") or f"src-{meta.sha256[:12]}",
+                suffix=FORMAT_SUFFIX[meta.format])
+
+
+def _read_unit(path: Path, run: _Run, intensity: str, what: str) -> torch.Tensor:
+    """A file as ``(1, 1, h, w)`` in [-1, 1]: in the scan's units through the run's mapping, or
+    as 8-bit display grey (0 = -1, 255 = 1)."""
+    scan: Scan = read_scan(path)
+    if intensity == "display":
+        unit = np.clip(scan.image / 127.5 - 1.0, -1.0, 1.0).astype(np.float32)
+    else:
+        low, high = float(scan.image.min()), float(scan.image.max())
+        if high < run.mapping.low or low > run.mapping.high:
+            raise ConfigError(f"{what} {path.name} has values {low:g}..{high:g}, outside the "
+                              f"run's range {run.mapping.low:g}..{run.mapping.high:g}: give it "
+                              "in the scan's units, or use --intensity display for 8-bit grey")
+        unit = run.mapping.to_unit(scan.image)
+    return torch.from_numpy(unit)[None, None]
+
+
+def _read_mask(path: Path) -> torch.Tensor:
+    """Non-zero (above half the maximum) pixels of a mask file, ``(1, 1, h, w)`` of 0/1."""
+    image = read_scan(path).image
+    top = float(image.max())
+    if top <= 0:
+        raise ConfigError(f"the mask {path.name} is empty: mark the edited region with "
+                          "non-zero pixels")
+    return torch.from_numpy((image > top / 2).astype(np.float32))[None, None]
+
+
+def _parse_point(at: str | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(at, tuple):
+        return at
+    parts = at.replace(" ", "").split(",")
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise ConfigError(f"--at must be X,Y (column,row in px of the run's scan), not '{at}'")
+    return int(parts[0]), int(parts[1])
+
+
+def _insertion(request: EditRequest, run: _Run) -> Insertion:
+    """The naive composite of an edit request (either interface), validated."""
+    by_lesion = request.lesion is not None
+    if by_lesion == (request.composite is not None):
+        raise ConfigError("give either --lesion PATCH --at X,Y or --composite FILE --mask MASK")
+    if by_lesion:
+        if request.at is None:
+            raise ConfigError("--lesion needs --at X,Y (where its top-left corner goes)")
+        if request.mask is not None:
+            raise ConfigError("--mask goes with --composite; a lesion's mask is --lesion-mask")
+        patch = _read_unit(request.lesion, run, request.intensity, "the lesion patch")
+        patch_mask = None if request.lesion_mask is None else _read_mask(request.lesion_mask)
+        return paste_lesion(run.real, patch, _parse_point(request.at), patch_mask)
+    if request.mask is None:
+        raise ConfigError("--composite needs --mask MASK (non-zero where the scan was edited)")
+    if request.at is not None or request.lesion_mask is not None:
+        raise ConfigError("--at and --lesion-mask go with --lesion, not --composite")
+    composite = _read_unit(request.composite, run, request.intensity, "the composite")
+    return composite_insertion(run.real, composite, _read_mask(request.mask))
+
+
+def _targets(request: ManipulationRequest, run: _Run, method: str,
+             with_mask: bool) -> tuple[Path, Path, list[Path], Path | None]:
+    """Output folder, manifest, file names; refuses to replace files without ``overwrite``."""
+    run_name = run.run_dir.resolve().name
+    out = Path(request.out or run.run_dir / method)
+    manifest = Path(request.manifest or Path("data_manifests") / f"{run_name}.csv")
+    stem = f"{run_name}_{method}_seed{request.seed}"
+    names = [out / f"{stem}_{k:05d}{run.suffix}" for k in range(request.n)]
+    mask = out / f"{stem}_mask.png" if with_mask else None
+    existing = [p for p in [*names, mask] if p is not None and p.exists()]
+    if existing and not request.overwrite:
+        raise ConfigError(f"{existing[0]} already exists; use another --out, another --seed "
+                          "or --overwrite")
+    return out, manifest, names, mask
+
+
+def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.Tensor,
+           start_scale: int | None, sheet: list[torch.Tensor], mask: torch.Tensor | None = None,
+           extra: dict[str, Any] | None = None) -> ManipulationResult:
+    """Write the images in the source's format, the mask PNG, the contact sheet, and manifest
+    rows (everything is checked before the first file is written)."""
+    out, manifest, names, mask_path = _targets(request, run, method, mask is not None)
+    meta = source_meta(run.extra, request.keep_identifiers)
+    images = images.detach().cpu()
+    same_size = tuple(images.shape[-2:]) == run.pyramid.shapes[0]
+    similarity = (similarity_to_source(images, run.real.cpu()) if same_size
+                  else [None] * len(images))
+    extra = dict(extra or {})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if mask_path is not None and mask is not None:
+            pixels = (mask[0, 0].cpu().numpy() > 0).astype(np.uint8) * 255
+            with atomic_path(mask_path) as tmp:
+                Image.fromarray(pixels).save(tmp, format="PNG")
+            extra["mask"] = relative_to_manifest(mask_path.resolve(), manifest)
+    except OSError as exc:
+        raise ScanWriteError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    rows = []
+    for k, path in enumerate(names):
+        physical = run.mapping.from_unit(images[k, 0].numpy())
+        write_scan(physical, meta, path, keep_identifiers=request.keep_identifiers,
+                   patient_id=run.subject)
+        rows.append(ManifestRow(
+            image=str(path.resolve()), label=run.label, split=run.split, synthetic=True,
+            source_image=meta.source_path, subject_id=run.subject,
+            modality=str(run.extra.get("modality_preset", "")), method=method,
+            model=relative_to_manifest(run.run_dir.resolve(), manifest),
+            start_scale=start_scale, seed=request.seed, similarity_to_source=similarity[k],
+            height=physical.shape[0], width=physical.shape[1],
+            extra={"sample_index": k, **{key: (v[k] if isinstance(v, list) else v)
+                                         for key, v in extra.items()}}))
+    append_rows(manifest, rows, on_existing="replace")
+    grid = out / f"{method}_grid.png"
+    save_sample_sheet(grid, [s.detach().cpu() for s in sheet], columns=len(sheet))
+    return ManipulationResult(out=out, manifest=manifest, written=names, mask=mask_path,
+                              grid=grid, inject_scale=start_scale, images=images)
+
+
+def _edit(request: EditRequest, mode: str) -> ManipulationResult:
+    run = _open_run(request)
+    insertion = _insertion(request, run)
+    pyramid = run.pyramid
+    scale = (default_inject_scale(pyramid, insertion.box) if request.inject_scale is None
+             else parse_scale(request.inject_scale, pyramid.coarsest, "--inject-scale"))
+    _targets(request, run, mode, with_mask=True)  # fail before any work
+    indices = list(range(request.n))
+    generated = inject(pyramid, insertion.composite, scale, request.seed, indices)
+    weight = blend_mask(insertion.mask.to(pyramid.device), mode)
+    results = blend(run.real, generated, weight)
+    seam = seam_report(run.real, insertion.composite, results, insertion.mask)
+    x, y, w, h = insertion.box
+    result = _write(request, run, mode, results, scale,
+                    [run.real, insertion.composite, *results.split(1)], insertion.mask,
+                    {"lesion_x": x, "lesion_y": y, "lesion_w": w, "lesion_h": h,
+                     "seam_naive": seam["naive"], "seam": seam["results"]})
+    result.box, result.seam = insertion.box, seam
+    return result
+
+
+def edit(request: EditRequest) -> ManipulationResult:
+    """Insert a finding (``lesion`` at ``at``, or a ``composite`` and its ``mask``) so that it
+    looks native; writes ``request.n`` variants, the mask, ``edit_grid.png`` (original | naive
+    paste | results) and manifest rows with the box and mask columns."""
+    return _edit(request, "edit")
+
+
+def harmonize(request: EditRequest) -> ManipulationResult:
+    """Like :func:`edit` with the harmonization blend (narrower margin): the pasted object
+    keeps its shape and takes on the scan's appearance."""
+    return _edit(request, "harmonize")
+
+
+def paint(request: PaintRequest) -> ManipulationResult:
+    """Turn a coarse drawing of anatomy (the scan's aspect ratio, any size) into texture: it is
+    down-sampled and injected at ``inject_scale`` (default ``N-1``); no blending."""
+    run = _open_run(request)
+    if request.paint is None:
+        raise ConfigError("paint needs --paint FILE (a coarse drawing of the scan)")
+    pyramid = run.pyramid
+    scale = parse_scale(request.inject_scale, pyramid.coarsest, "--inject-scale")
+    painting = _read_unit(request.paint, run, request.intensity, "the painting")
+    _check_aspect(tuple(painting.shape[-2:]), pyramid.shapes[0], "the painting")
+    _targets(request, run, "paint", with_mask=False)
+    results = inject(pyramid, painting, scale, request.seed, list(range(request.n)))
+    shown = resize(painting, pyramid.shapes[0]).clamp(-1, 1)
+    return _write(request, run, "paint", results, scale, [run.real, shown, *results.split(1)])
+
+
+def super_resolve(request: SuperResolveRequest) -> ManipulationResult:
+    """Up-sample the training scan ``factor`` times through the finest generator (paper Sec. 4);
+    the outputs are ``round(h * factor) x round(w * factor)`` px."""
+    if not 1.0 < request.factor <= MAX_SUPER_RESOLUTION_FACTOR:
+        raise ConfigError(f"--factor must lie in (1, {MAX_SUPER_RESOLUTION_FACTOR:g}], "
+                          f"got {request.factor:g}")
+    run = _open_run(request)
+    _targets(request, run, "super_resolution", with_mask=False)
+    results = super_resolution(run.pyramid, request.factor, request.seed, list(range(request.n)))
+    bicubic = resize(run.real, tuple(results.shape[-2:])).clamp(-1, 1)
+    return _write(request, run, "super_resolution", results, 0,
+                  [bicubic, *results.split(1)], extra={"factor": request.factor})
