@@ -451,6 +451,8 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tenso
                      resume: bool, overwrite: bool) -> tuple[dict[str, Any] | None,
                                                              TrainedPyramid | None]:
     """Check what ``run_dir`` holds; return the stored config and pyramid to resume from."""
+    for leftover in run_dir.glob(".*.tmp"):  # half-written files of a killed run
+        leftover.unlink()
     existing = [p for p in _run_files(run_dir) if p.exists()]
     if not existing:
         if resume:

@@ -149,8 +149,10 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(ct_image, tmp_pat
         train(ct_image, config, tmp_path / "split", progress=False)
     monkeypatch.setattr(train_module, "_train_scale", real_train_scale)
     assert load_run(tmp_path / "split").finest_trained == 2
+    (tmp_path / "split" / ".weights.safetensors.x1y2.tmp").write_bytes(b"half")  # as by kill -9
     train(ct_image, config, tmp_path / "split", resume=True, progress=False)
 
+    assert not list((tmp_path / "split").glob(".*.tmp"))
     whole, split = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
     assert whole.keys() == split.keys()
     assert all(torch.equal(whole[k], split[k]) for k in whole)
