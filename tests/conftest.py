@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 # Tiny test tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
 # spinning threads thrash (a 3-scale toy run took 190 s instead of 4 s): one thread keeps test
 # times stable. CLI subprocesses inherit the environment variable.
-os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 NIBABEL_DATA = Path(os.path.dirname(nibabel.__file__)) / "tests" / "data"
