@@ -342,7 +342,7 @@ class _Reporter:
             self.console.print(
                 f"scale {scale}/{self.num_scales - 1}  {shape[0]}x{shape[1]} px  width {width}  "
                 f"noise amp {amp:.4f}  rec MSE {last['rec_loss']:.5f}  "
-                f"D {last['d_loss']:+.4f}  {last['seconds']:.1f} s")
+                f"D {last['d_loss']:+.4f}  {last['seconds']:.1f} s", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
