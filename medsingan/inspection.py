@@ -16,6 +16,7 @@ from medsingan.model.previews import to_uint8
 from medsingan.preprocess import IntensityMapping, prepare_scan
 from medsingan.presets import Preset, resolve_preset
 from medsingan.pyramid import pyramid_shapes, resize
+from medsingan.runs import resolve_train_config
 
 
 @dataclass
@@ -48,11 +49,10 @@ def inspect_scan(path: Path, *, modality: str = "auto", window: str | None = Non
     scan = read_scan(path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
                      volume=volume)
     preset = resolve_preset(modality, scan.meta.modality)
-    min_size = int(preset.train.get("min_size", 25))
-    mapping, unit = prepare_scan(scan, preset, window=window, min_size=min_size)
-    shapes = pyramid_shapes(*unit.shape, min_size=min_size,
-                            max_size=int(preset.train.get("max_size", 250)),
-                            scale_factor=float(preset.train.get("scale_factor", 0.75)))
+    config = resolve_train_config("fast", preset.train, {})
+    mapping, unit = prepare_scan(scan, preset, window=window, min_size=config.min_size)
+    shapes = pyramid_shapes(*unit.shape, min_size=config.min_size, max_size=config.max_size,
+                            scale_factor=config.scale_factor)
     return Inspection(scan=scan, preset=preset, mapping=mapping, unit_image=unit, pyramid=shapes)
 
 

