@@ -273,25 +273,35 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
         with torch.no_grad(), autocast:
             fake = gen(noisy, previous)
         critic.requires_grad_(True)
+        # Each loss is back-propagated as soon as it is built, so that only one graph is alive
+        # at a time (peak memory); the gradients add up in the parameters.
         for _ in range(config.d_steps):
             opt_d.zero_grad(set_to_none=True)
             with autocast:
-                d_loss = critic(fake).float().mean() - critic(real).float().mean()
+                d_real = critic(real).float().mean()
+            (-d_real).backward()
+            with autocast:
+                d_fake = critic(fake).float().mean()
+            d_fake.backward()
+            d_loss = d_fake.detach() - d_real.detach()
             if config.gp_weight > 0 and critic_steps % config.gp_every == 0:
                 with autocast:
                     gp = gradient_penalty(critic, real, fake, job.rng)
-                d_loss = d_loss + config.gp_weight * config.gp_every * gp
+                penalty = config.gp_weight * config.gp_every * gp
+                penalty.backward()
+                d_loss = d_loss + penalty.detach()
             critic_steps += 1
-            d_loss.backward()
             opt_d.step()
         critic.requires_grad_(False)  # G steps need gradients w.r.t. the input only
         for _ in range(config.g_steps):
             opt_g.zero_grad(set_to_none=True)
             with autocast:
                 g_adv = -critic(gen(noisy, previous)).float().mean()
-                with torch.set_grad_enabled(config.alpha > 0):
-                    rec = F.mse_loss(gen(rec_input, job.rec_previous).float(), real)
-            (g_adv + config.alpha * rec if config.alpha > 0 else g_adv).backward()
+            g_adv.backward()
+            with autocast, torch.set_grad_enabled(config.alpha > 0):
+                rec = F.mse_loss(gen(rec_input, job.rec_previous).float(), real)
+            if config.alpha > 0:
+                (config.alpha * rec).backward()
             opt_g.step()
         if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
             row = {"scale": job.scale, "iter": it + 1, "d_loss": d_loss.item(),
