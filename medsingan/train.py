@@ -26,12 +26,14 @@ Run directory layout (all writes atomic):
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -580,6 +582,7 @@ def train(
             spec = config.net_spec(channels, level)
             generator, critic = _init_networks(spec, pyramid, critics, scale, config, device)
             rec_previous, amp = _reconstruction_start(pyramid, scale, config)
+            _trim_heap()
             job = _ScaleJob(scale, pyramid, generator, critic, amp, rec_previous,
                             seeded_generator(config.seed, _TRAIN_STREAM, scale))
             started = time.perf_counter()
@@ -588,6 +591,7 @@ def train(
             pyramid.generators[scale] = generator.eval().requires_grad_(False)
             pyramid.noise_amps[scale] = amp
             critics[scale] = critic.eval().requires_grad_(False)
+            _trim_heap()
             history += rows
             metadata["progress"][str(scale)] = {"iters": config.iters,
                                                 "seconds": time.perf_counter() - started}
@@ -599,6 +603,17 @@ def train(
         raise TrainingInterrupted(f"training interrupted at scale {scale}; {done} in {run_dir}:"
                                   " continue with --resume") from None
     return pyramid
+
+
+def _trim_heap() -> None:
+    """Hand memory freed by the previous scale back to the OS (glibc's ``malloc_trim``).
+
+    Each scale, and the previews after it, allocate tensors of new sizes; glibc would keep the
+    old, now free, blocks resident, and the peak RSS of a 250-px run would grow by a third.
+    """
+    if sys.platform.startswith("linux"):
+        with suppress(OSError, AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _load_critics(run_dir: Path, pyramid: TrainedPyramid) -> dict[int, Discriminator]:
@@ -645,7 +660,7 @@ def _save_scale(run_dir: Path, pyramid: TrainedPyramid, critics: dict[int, Discr
     save_pyramid(run_dir / WEIGHTS_FILE, pyramid)
     _write_history(run_dir / HISTORY_FILE, history)
     save_loss_curves(run_dir / CURVES_FILE, history, ("d_loss", "g_adv", "rec_loss", "gp"))
-    samples = sample(pyramid, 3, seed=seed, end_scale=scale)
+    samples = sample(pyramid, 3, seed=seed, end_scale=scale, batch_size=1)  # low peak memory
     save_sample_sheet(run_dir / SAMPLES_PATTERN.format(scale),
                       [pyramid.reals[scale], pyramid.reconstruct(scale), *samples.split(1)])
     _write_json(run_dir / CONFIG_FILE, metadata)

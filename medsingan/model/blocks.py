@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("batch", "instance", "none")
@@ -13,12 +14,26 @@ PADDINGS = ("zero", "reflect", "circular")
 PAD_MODES = {"zero": "constant", "reflect": "reflect", "circular": "circular"}
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """Affine instance norm: every image normalised by its own per-channel statistics.
+
+    For a batch of one (all of training) this is exactly what the paper's batch norm computes
+    while training; unlike batch norm it stays so when frozen. The single-image case runs as a
+    batch norm, which keeps fewer intermediate tensors for the double backward of the penalty.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """A normalisation layer: ``batch`` (as the paper), ``instance`` (affine) or ``none``."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm(channels, affine=True)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
