@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medsingan.model.blocks import ACTIVATIONS, PADDINGS, init_weights
+from medsingan.model.blocks import ACTIVATIONS, PADDINGS, InstanceNorm, init_weights
 from medsingan.model.networks import Discriminator, Generator, NetSpec, scale_width
 
 
@@ -84,3 +84,14 @@ def test_init_is_reproducible_from_a_generator():
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert float(first.features[1].conv.weight.detach().std()) == pytest.approx(0.02, rel=0.2)
+
+
+def test_instance_norm_is_per_image_whatever_the_batch():
+    norm = InstanceNorm(4, affine=True)
+    torch.nn.init.normal_(norm.weight, generator=torch.Generator().manual_seed(1))
+    reference = torch.nn.InstanceNorm2d(4, affine=True)
+    reference.load_state_dict(norm.state_dict())
+    images = torch.randn(3, 4, 20, 20)
+    one_by_one = torch.cat([norm(images[i:i + 1]) for i in range(3)])
+    assert torch.allclose(one_by_one, reference(images), atol=1e-5)
+    assert torch.allclose(norm(images), reference(images), atol=1e-6)
