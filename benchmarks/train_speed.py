@@ -1,0 +1,116 @@
+"""Training speed at 250 px: seconds per iteration at every scale, extrapolated total, peak RSS.
+
+Trains the real CR chest radiograph (pydicom-data's RG1_UNCR.dcm, MONOCHROME1 inverted, centre
+square resized to 250 x 250 px, i.e. the paper's 11-scale pyramid) for a few iterations per
+scale with the public ``train`` function, once with the paper's hyper-parameters and once with
+the fast default preset, each in a fresh process (so each peak RSS is its own). The first
+iteration of every scale is a warm-up; of the others, the fastest is the figure used (other
+processes on a shared machine only ever add time) and the median is shown beside it.
+
+    python benchmarks/train_speed.py [--iters 4] [--size 250] [--configs paper fast]
+
+Prints JSON with the official SinGAN's per-iteration figures on this kind of machine (2 CPU
+cores) and the ratios to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from real_scans import chest_square
+
+from medsingan.train import HISTORY_FILE, TrainConfig, run_summary, train
+
+# Official SinGAN (3 channels, defaults), seconds per iteration on 2 CPU cores (issue #3).
+OFFICIAL_S_PER_ITER = {25: 0.09, 32: 0.15, 40: 0.19, 50: 0.24, 63: 0.87, 80: 1.31, 100: 1.95,
+                       126: 3.48, 158: 15.1, 199: 27.3, 250: 55.2}
+OFFICIAL_TOTAL_HOURS = 59.0
+OFFICIAL_PEAK_RSS_GIB = 3.9
+
+# TrainConfig overrides. "paper": the defaults. "fast": the proposed default preset;
+# "fast_amp": the same with bfloat16 convolutions.
+FAST: dict[str, Any] = {"norm": "instance", "max_nfc": 64, "scale_factor": 0.7, "gp_every": 4}
+PRESETS: dict[str, dict[str, Any]] = {"paper": {}, "fast": FAST, "fast_amp": FAST | {"amp": True}}
+
+
+def measure(name: str, overrides: dict[str, Any], size: int, iters: int,
+            threads: int | None) -> dict[str, Any]:
+    """Train ``iters`` iterations per scale; per-scale median seconds per iteration."""
+    if threads:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()[0]
+    full = TrainConfig(**overrides, max_size=size, device="cpu")
+    probe = TrainConfig(**(full.to_dict() | {"iters": iters, "log_every": 1,
+                                            "betas": tuple(full.betas)}))
+    image = chest_square(size)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        train(image, probe, Path(tmp), progress=False)
+        summary = run_summary(Path(tmp))
+        history = (Path(tmp) / HISTORY_FILE).read_text().splitlines()[1:]
+    wall = time.perf_counter() - started
+    seconds: dict[int, list[float]] = {}
+    for line in history:
+        scale, _, *_, cumulative = line.split(",")
+        seconds.setdefault(int(scale), []).append(float(cumulative))
+    scales = []
+    for entry in summary["scales"]:
+        times = seconds[entry["scale"]]
+        steps = [b - a for a, b in zip(times, times[1:], strict=False)]  # drops the warm-up
+        per_iter = min(steps)
+        official = OFFICIAL_S_PER_ITER.get(entry["height"])
+        scales.append({
+            "scale": entry["scale"], "size": [entry["height"], entry["width"]],
+            "width": entry["channels"], "s_per_iter": round(per_iter, 4),
+            "median_s_per_iter": round(statistics.median(steps), 4),
+            "official_s_per_iter": official,
+            "ratio_to_official": round(per_iter / official, 3) if official else None,
+        })
+    total_s = sum(s["s_per_iter"] for s in scales) * full.iters
+    return {
+        "config": name,
+        "overrides": overrides,
+        "iters_per_scale": full.iters,
+        "scales": sorted(scales, key=lambda s: -s["scale"]),
+        "extrapolated_total_hours": round(total_s / 3600, 2),
+        "ratio_total_to_official": round(total_s / 3600 / OFFICIAL_TOTAL_HOURS, 3),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "benchmark_wall_s": round(wall, 1),
+        "threads": torch.get_num_threads(),
+        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=4, help="iterations per scale (1 warm-up)")
+    parser.add_argument("--size", type=int, default=250, help="max side in px")
+    parser.add_argument("--configs", nargs="+", default=["paper", "fast"], choices=list(PRESETS))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = parser.parse_args()
+    results = []
+    for name in args.configs:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            results.append(pool.submit(measure, name, PRESETS[name], args.size, args.iters,
+                                       args.threads).result())
+    json.dump({"machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__},
+               "official": {"s_per_iter": OFFICIAL_S_PER_ITER, "total_hours": OFFICIAL_TOTAL_HOURS,
+                            "peak_rss_gib": OFFICIAL_PEAK_RSS_GIB},
+               "results": results}, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
