@@ -6,7 +6,8 @@ not on how well it is trained), then ``augment`` writes N derived DICOMs with ma
 once without SIFID (SSIM, patch SWD and diversity still computed) and once with SIFID. The
 Inception weights cannot be downloaded here, so a weights file of the right shapes with random
 values is used: timing only, the scores themselves are meaningless. Pass --inception-weights
-to time with the real file.
+to time with the real file. ``sampling_only`` times the pyramid's forward passes alone (no
+scores, no files), the part the official code's figure compares with.
 
     python benchmarks/generate_speed.py [--n 500] [--preset fast] [--device auto]
 
@@ -28,9 +29,11 @@ import torch
 import torchvision
 from pydicom.data import get_testdata_file
 
-from medsingan.augment import AugmentRequest, augment
+from medsingan.augment import AugmentRequest, augment, default_batch_size
+from medsingan.generate import sample
 from medsingan.metrics.sifid import FID_WEIGHTS_NAME
 from medsingan.runs import train_scan
+from medsingan.train import load_run
 
 OFFICIAL_S_PER_SAMPLE = 1.06
 
@@ -49,6 +52,21 @@ def _timed_augment(run_dir: Path, folder: Path, n: int, device: str, batch_size:
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 2), "seconds_per_sample": round(seconds / n, 4),
             "samples_written": len(result.written),
+            "speedup_vs_official": round(OFFICIAL_S_PER_SAMPLE * n / seconds, 2)}
+
+
+def _timed_sampling(run_dir: Path, n: int, device: str, batch_size: int | None) -> dict[str, float]:
+    pyramid = load_run(run_dir)
+    if device != "auto":
+        pyramid.to(device)
+    elif torch.cuda.is_available():
+        pyramid.to("cuda")
+    started = time.perf_counter()
+    sample(pyramid, n, seed=0, batch_size=batch_size or default_batch_size(pyramid))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "seconds_per_sample": round(seconds / n, 4),
             "speedup_vs_official": round(OFFICIAL_S_PER_SAMPLE * n / seconds, 2)}
 
 
@@ -76,10 +94,14 @@ def main() -> None:
             network = torchvision.models.inception_v3(weights=None, aux_logits=False,
                                                       num_classes=1008, init_weights=False)
             torch.save(network.state_dict(), weights)
+        sampling = _timed_sampling(run_dir, args.n, args.device, args.batch_size)
         unscored = _timed_augment(run_dir, folder / "no_sifid", args.n, args.device,
                                   args.batch_size, None)
         scored = _timed_augment(run_dir, folder / "sifid", args.n, args.device,
                                 args.batch_size, weights)
+    if args.size != 250:  # the official figure is for 250-px samples
+        for timing in (sampling, unscored, scored):
+            timing["speedup_vs_official"] = None
     report = {
         "benchmark": "generate_speed",
         "n": args.n, "size": args.size, "preset": args.preset,
@@ -87,6 +109,7 @@ def main() -> None:
                                    else ("cpu" if args.device == "auto" else args.device))),
         "torch_threads": torch.get_num_threads(),
         "model_setup_seconds": round(setup, 1),
+        "sampling_only": sampling,
         "without_sifid": unscored,
         "with_sifid": scored,
         "sifid_weights": "given file" if args.inception_weights else "random (timing only)",

@@ -30,7 +30,7 @@ from medsingan.manifest import (
     set_column,
 )
 from medsingan.metrics.diversity import diversity, similarity_to_source
-from medsingan.metrics.patch_swd import patch_swd
+from medsingan.metrics.patch_swd import PatchSWDScorer
 from medsingan.metrics.sifid import SifidScorer, find_inception_weights
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.previews import save_sample_sheet
@@ -208,6 +208,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
     pyramid.to(device)
     real = pyramid.reals[0]
     scorer = SifidScorer(weights, device=device) if weights is not None else None
+    swd_scorer = PatchSWDScorer(real, shapes[0])
     batch_size = request.batch_size or default_batch_size(pyramid)
     result = AugmentResult(out=out, manifest=manifest, skipped=len(done))
     units: dict[int, torch.Tensor] = {}
@@ -220,6 +221,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
             images = _sample_indices(pyramid, indices, start, request.seed, shapes)
             sifids = scorer.score(real, images) if scorer else [None] * len(indices)
             similarity = similarity_to_source(images, real)
+            swds = swd_scorer(images)
             rows = []
             for k, index in enumerate(indices):
                 unit = images[k:k + 1].cpu()
@@ -227,7 +229,6 @@ def augment(request: AugmentRequest) -> AugmentResult:
                 physical = mapping.from_unit(unit[0, 0].numpy())
                 write_scan(physical, meta, names[index], keep_identifiers=request.keep_identifiers,
                            patient_id=subject)
-                swd = patch_swd(real.cpu(), unit, patches=2048, directions=256)["mean"]
                 rows.append(ManifestRow(
                     image=str(names[index].resolve()), label=label, split=split,
                     synthetic=True, source_image=meta.source_path, subject_id=subject,
@@ -237,7 +238,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
                     seed=request.seed, sifid=sifids[k],
                     sifid_variant=scorer.variant if scorer else "", diversity=None,
                     similarity_to_source=similarity[k], height=physical.shape[0],
-                    width=physical.shape[1], extra={"sample_index": index, "patch_swd": swd}))
+                    width=physical.shape[1], extra={"sample_index": index, "patch_swd": swds[k]}))
                 result.written.append(names[index])
             append_rows(manifest, rows, on_existing="replace")
             bar.advance(task, len(indices))

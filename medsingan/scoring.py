@@ -9,7 +9,7 @@ import torch
 
 from medsingan.io import read_scan
 from medsingan.metrics.diversity import diversity, similarity_to_source
-from medsingan.metrics.patch_swd import patch_swd
+from medsingan.metrics.patch_swd import PatchSWDScorer
 from medsingan.metrics.sifid import SifidScorer, find_inception_weights
 from medsingan.preprocess import prepare_scan
 from medsingan.presets import resolve_preset
@@ -29,15 +29,19 @@ def score_files(real: Path, fakes: list[Path], *, modality: str = "auto",
     mapping, real_unit = prepare_scan(real_scan, preset, window=window)
     reference = torch.from_numpy(real_unit)[None, None]
     scorer = SifidScorer(weights) if weights is not None else None
+    swd_scorers: dict[tuple[int, int], PatchSWDScorer] = {}
     rows, units = [], []
     for path in fakes:
         unit = torch.from_numpy(mapping.to_unit(read_scan(path).image))[None, None]
         units.append(unit)
+        shape = tuple(unit.shape[-2:])
+        if shape not in swd_scorers:
+            swd_scorers[shape] = PatchSWDScorer(reference, shape)
         rows.append({
             "image": str(path),
             "sifid": scorer.score(reference, unit)[0] if scorer else None,
             "similarity_to_source": similarity_to_source(unit, reference)[0],
-            "patch_swd": patch_swd(reference, unit, patches=2048, directions=256)["mean"],
+            "patch_swd": swd_scorers[shape](unit)[0],
         })
     same_size = len({tuple(u.shape) for u in units}) == 1
     return {

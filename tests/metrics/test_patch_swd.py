@@ -5,7 +5,7 @@ import pydicom
 import pytest
 import torch
 
-from medsingan.metrics.patch_swd import laplacian_pyramid, patch_swd
+from medsingan.metrics.patch_swd import PatchSWDScorer, laplacian_pyramid, patch_swd
 from tests.conftest import dicom_file
 
 
@@ -47,3 +47,20 @@ def test_laplacian_pyramid_halves_and_keeps_detail_in_the_first_band(mri):
 def test_images_smaller_than_a_patch_are_rejected():
     with pytest.raises(ValueError, match="patch"):
         patch_swd(torch.zeros(1, 1, 5, 5), torch.zeros(1, 1, 5, 5))
+
+
+def test_cohort_scorer_gives_each_image_its_own_patch_swd(mri):
+    # 64 x 64 has more patches than drawn at the finest level: the subsets must match too
+    noise = torch.rand_like(mri) * 2 - 1
+    batch = torch.cat([mri, torch.flip(mri, dims=[3]), noise])
+    scorer = PatchSWDScorer(mri, (64, 64), patches=1024, directions=64, seed=5)
+    scores = scorer(batch)
+    alone = [patch_swd(mri, batch[i:i + 1], patches=1024, directions=64, seed=5)["mean"]
+             for i in range(3)]
+    np.testing.assert_allclose(scores, alone, rtol=1e-5)
+    assert scores[0] < scores[2] and scores[1] < scores[2]
+
+
+def test_cohort_scorer_refuses_another_size(mri):
+    with pytest.raises(ValueError, match="built for"):
+        PatchSWDScorer(mri, (64, 64))(mri[..., :60, :60])
