@@ -118,6 +118,20 @@ def default_batch_size(pyramid: TrainedPyramid) -> int:
     return int(np.clip((1 << 30) // max(per_sample, 1), 1, 64))
 
 
+def load_complete_run(run_dir: Path) -> tuple[TrainedPyramid, dict[str, Any]]:
+    """A fully trained run written by ``medsingan train`` and its source description (the
+    ``extra`` of ``config.json``); RunDirError otherwise."""
+    pyramid = load_run(run_dir)
+    if not pyramid.is_complete:
+        raise RunDirError(f"{run_dir} is not fully trained (finest trained scale "
+                          f"{pyramid.finest_trained}); finish it with train --resume")
+    extra = pyramid.metadata.get("extra") or {}
+    if "source" not in extra or "intensity_mapping" not in extra:
+        raise RunDirError(f"{run_dir}/config.json lacks the source description; "
+                          "was it written by medsingan train?")
+    return pyramid, extra
+
+
 def source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
     """The run's source description (``config.json`` extra), ready for ``write_scan``."""
     meta = ScanMetadata.from_dict(extra["source"])
@@ -162,14 +176,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
     device = _device(request.device)
     # fail fast, before any work: weights for SIFID, the run, the output format
     weights = find_inception_weights(request.inception_weights) if request.sifid else None
-    pyramid = load_run(request.run_dir)
-    if not pyramid.is_complete:
-        raise RunDirError(f"{request.run_dir} is not fully trained (finest trained scale "
-                          f"{pyramid.finest_trained}); finish it with train --resume")
-    extra = pyramid.metadata.get("extra") or {}
-    if "source" not in extra or "intensity_mapping" not in extra:
-        raise RunDirError(f"{request.run_dir}/config.json lacks the source description; "
-                          "was it written by medsingan train?")
+    pyramid, extra = load_complete_run(request.run_dir)
     start = parse_scale(request.start_scale, pyramid.coarsest)
     shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
     meta = source_meta(extra, request.keep_identifiers)

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from medsingan import __version__
+from medsingan.cli_options import KeepIdsOpt, LabelOpt, ManifestOpt, RunArg
 from medsingan.errors import MedsinganError
 from medsingan.manipulate_cli import register as register_manipulations
 
@@ -226,8 +227,7 @@ def train(
 
 @app.command()
 def info(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by train.",
-                                            show_default=False)],
+    run_dir: RunArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a run's pyramid: sizes, widths, noise amplitudes, iterations and time per scale."""
@@ -260,8 +260,6 @@ class OutputFormat(str, Enum):
     png = "png"
 
 
-RunArg = Annotated[Path, typer.Argument(help="A run directory written by train.",
-                                        show_default=False)]
 WeightsOpt = Annotated[Path | None, typer.Option(
     "--inception-weights", help="The FID Inception weights file "
     "(pt_inception-2015-12-05-6726825d.pth) for SIFID [default: $MEDSINGAN_INCEPTION_WEIGHTS, "
@@ -299,12 +297,8 @@ def augment(
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="same: the source's format (DICOM -> de-identified derived DICOM, "
         "NIfTI -> NIfTI with the source affine, PNG/TIFF/JPEG -> PNG).")] = OutputFormat.same,
-    manifest: Annotated[Path | None, typer.Option(
-        "--manifest", help="Manifest CSV rows are appended to [default: "
-        "data_manifests/<run name>.csv].", show_default=False)] = None,
-    label: Annotated[str | None, typer.Option(
-        "--label", help="Label column [default: the run's --label].",
-        show_default=False)] = None,
+    manifest: ManifestOpt = None,
+    label: LabelOpt = None,
     split: Annotated[str | None, typer.Option(
         "--split", help="Split column [default: the run's; another split than the source's "
         "is refused].", show_default=False)] = None,
@@ -316,9 +310,7 @@ def augment(
         "patch_swd score is still written.")] = False,
     inception_weights: WeightsOpt = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
-    keep_identifiers: Annotated[bool, typer.Option(
-        "--keep-identifiers", help="Keep the source's patient identifiers in written DICOMs "
-        "(needs the original source file).")] = False,
+    keep_identifiers: KeepIdsOpt = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start the cohort over instead of completing it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medsingan.augment import FORMAT_SUFFIX, parse_scale, source_meta
-from medsingan.errors import ConfigError, RunDirError, ScanWriteError
+from medsingan.augment import FORMAT_SUFFIX, load_complete_run, parse_scale, source_meta
+from medsingan.errors import ConfigError, ScanWriteError
 from medsingan.generate import sample_noise
 from medsingan.io import Scan, read_scan, write_scan
 from medsingan.io.atomic import atomic_path
@@ -54,7 +54,6 @@ from medsingan.model.noise import draw_noise, seeded_generator
 from medsingan.model.previews import save_sample_sheet
 from medsingan.preprocess import IntensityMapping
 from medsingan.pyramid import resize
-from medsingan.train import load_run
 
 # Super-resolution noise has a stream of its own (the trainer uses 1 and 2, sampling 3).
 _SUPER_RESOLUTION_STREAM = 4
@@ -373,14 +372,7 @@ def _open_run(request: ManipulationRequest) -> _Run:
         raise ConfigError(f"--n must be at least 1, got {request.n}")
     if request.intensity not in INTENSITIES:
         raise ConfigError(f"--intensity must be scan or display, not '{request.intensity}'")
-    pyramid = load_run(request.run_dir)
-    if not pyramid.is_complete:
-        raise RunDirError(f"{request.run_dir} is not fully trained (finest trained scale "
-                          f"{pyramid.finest_trained}); finish it with train --resume")
-    extra = pyramid.metadata.get("extra") or {}
-    if "source" not in extra or "intensity_mapping" not in extra:
-        raise RunDirError(f"{request.run_dir}/config.json lacks the source description; "
-                          "was it written by medsingan train?")
+    pyramid, extra = load_complete_run(request.run_dir)
     meta = source_meta(extra, request.keep_identifiers)
     cohort = dict(extra.get("cohort") or {})
     label = request.label if request.label is not None else cohort.get("label", "")

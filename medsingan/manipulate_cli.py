@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from medsingan.cli_options import KeepIdsOpt, LabelOpt, ManifestOpt, RunArg
+
 if TYPE_CHECKING:
     from medsingan.manipulate import ManipulationResult
 
@@ -18,28 +20,17 @@ class Intensity(str, Enum):
     display = "display"
 
 
-RunArg = Annotated[Path, typer.Argument(help="A run directory written by train.",
-                                        show_default=False)]
 NOpt = Annotated[int, typer.Option("--n", help="Number of variants (different noise).")]
 SeedOpt = Annotated[int, typer.Option(
     "--seed", help="Seed: variant k of seed s is the same whatever --n.")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Output folder [default: RUN_DIR/<command>].", show_default=False)]
-ManifestOpt = Annotated[Path | None, typer.Option(
-    "--manifest", help="Manifest CSV rows are appended to [default: "
-    "data_manifests/<run name>.csv].", show_default=False)]
-LabelOpt = Annotated[str | None, typer.Option(
-    "--label", help="Label column, e.g. fracture [default: the run's --label].",
-    show_default=False)]
 IntensityOpt = Annotated[Intensity, typer.Option(
     "--intensity", help="Values of the input files: scan (the scan's own units, mapped with "
     "the run's intensity mapping) or display (8-bit grey 0..255, as inspect --preview "
     "writes it).")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Replace output files already there.")]
-KeepIdsOpt = Annotated[bool, typer.Option(
-    "--keep-identifiers", help="Keep the source's patient identifiers in written DICOMs "
-    "(needs the original source file).")]
 LesionOpt = Annotated[Path | None, typer.Option(
     "--lesion", exists=True, dir_okay=False, help="Patch to insert (any readable scan or crop), "
     "pasted as is in px of the run's finest scale; needs --at.", show_default=False)]
