@@ -26,6 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts are plain: with rich markup, "[default: ...]" would be taken for a tag
+    rich_markup_mode=None,
 )
 
 

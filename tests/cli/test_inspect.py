@@ -135,3 +135,14 @@ def test_help_documents_every_option():
         assert option in result.stdout
     top = run_cli("--help")
     assert top.returncode == 0 and "inspect" in top.stdout
+
+
+@pytest.mark.parametrize(("command", "default"), [
+    ("augment", "[default: data_manifests/<run name>.csv]"),
+    ("edit", "[default: the run's --label]"),
+    ("train", "[default: 0]"),
+])
+def test_help_keeps_the_defaults_written_in_help_texts(command, default):
+    result = run_cli(command, "--help", env={"COLUMNS": "400"})
+    assert result.returncode == 0
+    assert default in " ".join(result.stdout.split())
