@@ -29,7 +29,7 @@ from medsingan.manifest import (
     relative_to_manifest,
     set_column,
 )
-from medsingan.metrics.diversity import diversity, similarity_to_source
+from medsingan.metrics.diversity import CohortDiversity, similarity_to_source
 from medsingan.metrics.patch_swd import PatchSWDScorer
 from medsingan.metrics.sifid import SifidScorer, find_inception_weights
 from medsingan.model.container import TrainedPyramid
@@ -218,7 +218,8 @@ def augment(request: AugmentRequest) -> AugmentResult:
     swd_scorer = PatchSWDScorer(real, shapes[0])
     batch_size = request.batch_size or default_batch_size(pyramid)
     result = AugmentResult(out=out, manifest=manifest, skipped=len(done))
-    units: dict[int, torch.Tensor] = {}
+    cohort = CohortDiversity()
+    grid_units: dict[int, torch.Tensor] = {}  # the first samples, for grid.png
 
     with Progress(console=Console(stderr=True), disable=not request.progress,
                   transient=True) as bar:
@@ -229,10 +230,12 @@ def augment(request: AugmentRequest) -> AugmentResult:
             sifids = scorer.score(real, images) if scorer else [None] * len(indices)
             similarity = similarity_to_source(images, real)
             swds = swd_scorer(images)
+            cohort.add(images)
             rows = []
             for k, index in enumerate(indices):
                 unit = images[k:k + 1].cpu()
-                units[index] = unit
+                if index < request.grid_size:
+                    grid_units[index] = unit
                 physical = mapping.from_unit(unit[0, 0].numpy())
                 write_scan(physical, meta, names[index], keep_identifiers=request.keep_identifiers,
                            patient_id=subject)
@@ -250,14 +253,16 @@ def augment(request: AugmentRequest) -> AugmentResult:
             append_rows(manifest, rows, on_existing="replace")
             bar.advance(task, len(indices))
 
-    cohort_units = [units[i] if i in units else _read_unit(names[i], mapping)
-                    for i in range(request.n)]
-    cohort_diversity = (diversity(torch.cat(cohort_units), real.cpu())
-                        if request.n >= 2 else None)
+    for index in sorted(done):  # samples of an earlier, interrupted run: read back
+        unit = _read_unit(names[index], mapping)
+        cohort.add(unit)
+        if index < request.grid_size:
+            grid_units[index] = unit
+    cohort_diversity = cohort.value(real) if request.n >= 2 else None
     listed = [relative_to_manifest(p, manifest) for p in names.values()]
     set_column(manifest, listed, "diversity", cohort_diversity)
     # the training image first, then the first samples, four or more to a row
-    sheet = [real.cpu(), *cohort_units[: request.grid_size]]
+    sheet = [real.cpu(), *(grid_units[i] for i in sorted(grid_units))]
     save_sample_sheet(out / GRID_FILE, sheet, columns=max(4, int(np.ceil(len(sheet) ** 0.5))))
     result.summary = _write_summary(out, manifest, listed, request, start, cohort_diversity,
                                     scorer.variant if scorer else None)

@@ -105,6 +105,9 @@ def test_samples_do_not_depend_on_batch_size_and_resume_without_duplicates(ct_ru
         # equal up to float rounding (convolution kernels differ by batch size), i.e. at most
         # one quantisation step (1 HU) after writing
         np.testing.assert_allclose(read_scan(a).image, read_scan(b).image, atol=1.0)
+    # the resumed cohort's diversity covers all six samples, four of them read back from disk
+    assert rest.summary["diversity"] == pytest.approx(whole.summary["diversity"], rel=0.02)
+    assert rest.summary["diversity"] != pytest.approx(first.summary["diversity"], rel=0.02)
     with pytest.raises(ConfigError, match="other settings"):
         augment(request(ct_run, tmp_path / "parts", n=6, seed=1))
 

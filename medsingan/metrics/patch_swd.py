@@ -163,7 +163,7 @@ class PatchSWDScorer:
 
     The reference's side (its descriptors, their statistics, their sorted projections) and the
     random draws are computed once in ``__init__`` for candidates of ``shape``; ``__call__``
-    then scores a batch ``(B, C, h, w)`` at once. ``scorer(batch)[i]`` equals
+    then scores a batch ``(B, C, h, w)`` at once, on the batch's device. ``scorer(batch)[i]`` equals
     ``patch_swd(reference, batch[i:i+1], ...)["mean"]`` up to float rounding: the same patches
     and directions are drawn in the same order.
 
@@ -202,6 +202,7 @@ class PatchSWDScorer:
             projected = _normalise(ref, mean, std, self.channels) @ projection
             ref_sorted = _quantiles(_sort_last(projected.T).T, count).T.contiguous()
             self._levels.append((subset, mean, std, projection, ref_sorted))
+        self._on_device = {torch.device("cpu"): self._levels}
 
     @torch.no_grad()
     def __call__(self, candidates: torch.Tensor) -> list[float]:
@@ -209,11 +210,14 @@ class PatchSWDScorer:
         if tuple(candidates.shape[-2:]) != self.shape:
             raise ValueError(f"this scorer was built for {self.shape} images, "
                              f"not {tuple(candidates.shape[-2:])}")
-        batch = candidates.shape[0]
-        total = torch.zeros(batch, dtype=torch.float64)
-        bands = laplacian_pyramid(candidates.detach().float().cpu(), len(self._levels))
-        for band, (subset, mean, std, projection, ref_sorted) in zip(bands, self._levels,
-                                                                      strict=True):
+        batch, device = candidates.shape[0], candidates.device
+        if device not in self._on_device:
+            self._on_device[device] = [tuple(t if t is None else t.to(device) for t in level)
+                                       for level in self._levels]
+        total = torch.zeros(batch, dtype=torch.float64, device=device)
+        bands = laplacian_pyramid(candidates.detach().float(), len(self._levels))
+        for band, (subset, mean, std, projection, ref_sorted) in zip(
+                bands, self._on_device[device], strict=True):
             patches = F.unfold(band, self.patch_size)  # (B, C*p*p, L)
             if subset is not None:
                 patches = patches[..., subset]
