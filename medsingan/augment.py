@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from medsingan.errors import ConfigError, RunDirError, ScanWriteError
 from medsingan.generate import sample, scaled_shapes
-from medsingan.io import ScanMetadata, read_scan, write_scan
+from medsingan.io import DerivedSeries, ScanMetadata, read_scan, write_scan
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.manifest import (
     ManifestRow,
@@ -216,6 +216,8 @@ def augment(request: AugmentRequest) -> AugmentResult:
     real = pyramid.reals[0]
     scorer = SifidScorer(weights, device=device) if weights is not None else None
     swd_scorer = PatchSWDScorer(real, shapes[0])
+    # one DICOM study and series per cohort, the same when an interrupted cohort is completed
+    series = DerivedSeries.for_key(json.dumps({"run": run_name, **settings}, sort_keys=True))
     batch_size = request.batch_size or default_batch_size(pyramid)
     result = AugmentResult(out=out, manifest=manifest, skipped=len(done))
     cohort = CohortDiversity()
@@ -238,7 +240,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
                     grid_units[index] = unit
                 physical = mapping.from_unit(unit[0, 0].numpy())
                 write_scan(physical, meta, names[index], keep_identifiers=request.keep_identifiers,
-                           patient_id=subject)
+                           patient_id=subject, series=series.instance(index + 1))
                 rows.append(ManifestRow(
                     image=str(names[index].resolve()), label=label, split=split,
                     synthetic=True, source_image=meta.source_path, subject_id=subject,

@@ -45,7 +45,7 @@ from PIL import Image
 from medsingan.augment import FORMAT_SUFFIX, load_complete_run, parse_scale, source_meta
 from medsingan.errors import ConfigError, ScanWriteError
 from medsingan.generate import sample_noise
-from medsingan.io import Scan, read_scan, write_scan
+from medsingan.io import DerivedSeries, Scan, read_scan, write_scan
 from medsingan.io.atomic import atomic_path
 from medsingan.manifest import ManifestRow, append_rows, relative_to_manifest
 from medsingan.metrics.diversity import similarity_to_source
@@ -477,10 +477,11 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     except OSError as exc:
         raise ScanWriteError(f"cannot write to {out}: {exc.strerror or exc}") from exc
     rows = []
+    series = DerivedSeries.for_key()  # the variants of one command: one series
     for k, path in enumerate(names):
         physical = run.mapping.from_unit(images[k, 0].numpy())
         write_scan(physical, meta, path, keep_identifiers=request.keep_identifiers,
-                   patient_id=run.subject)
+                   patient_id=run.subject, series=series.instance(k + 1))
         rows.append(ManifestRow(
             image=str(path.resolve()), label=run.label, split=run.split, synthetic=True,
             source_image=meta.source_path, subject_id=run.subject,

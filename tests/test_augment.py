@@ -53,6 +53,10 @@ def test_dicom_samples_are_valid_derived_dicoms_in_hu(ct_run, tmp_path, dciodvfy
         assert written.SOPInstanceUID != source.SOPInstanceUID
     assert len(dciodvfy_errors(result.written[0])) <= len(dciodvfy_errors(dicom_file(
         "CT_small.dcm")))
+    # the cohort is one series of the derived study, numbered by sample index
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in result.written]
+    assert len({(h.StudyInstanceUID, h.SeriesInstanceUID) for h in headers}) == 1
+    assert [h.InstanceNumber for h in headers] == [1, 2, 3, 4, 5]
     assert (result.out / "grid.png").is_file() and (result.out / "summary.json").is_file()
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from medsingan.errors import InvalidImageError, ScanReadError, ScanWriteError
-from medsingan.io.dicom import read_dicom, write_dicom
+from medsingan.io.dicom import DerivedSeries, read_dicom, write_dicom
 from medsingan.io.nifti import read_nifti, write_nifti
 from medsingan.io.raster import RASTER_FORMATS, read_raster, write_png
 from medsingan.io.scan import Scan, ScanMetadata
 
-__all__ = ["Scan", "ScanMetadata", "read_scan", "write_scan", "scan_format"]
+__all__ = ["DerivedSeries", "Scan", "ScanMetadata", "read_scan", "write_scan", "scan_format"]
 
 _DICOM_MAGIC_OFFSET = 128
 
@@ -79,12 +79,14 @@ def read_scan(path: str | os.PathLike[str], *, frame: int | None = None,
 
 
 def write_scan(image: np.ndarray, like: ScanMetadata, path: str | os.PathLike[str], *,
-               keep_identifiers: bool = False, patient_id: str | None = None) -> Path:
+               keep_identifiers: bool = False, patient_id: str | None = None,
+               series: DerivedSeries | None = None) -> Path:
     """Write a derived image (physical units, display polarity) next to its source's format.
 
     The format follows ``path``'s suffix: ``.dcm`` (derived, de-identified DICOM: needs a DICOM
     source), ``.nii``/``.nii.gz`` (source affine and dtype), ``.png`` (8/16-bit like the
-    source). The write is atomic.
+    source). The write is atomic. ``series`` places a DICOM in a study and series (e.g. one
+    per cohort); the other formats have no such notion.
     """
     path = Path(path)
     if image.ndim != 2:
@@ -92,7 +94,7 @@ def write_scan(image: np.ndarray, like: ScanMetadata, path: str | os.PathLike[st
     kind = scan_format(path) if path.suffix else "dicom"
     if kind == "dicom":
         return write_dicom(image, like, path, keep_identifiers=keep_identifiers,
-                           patient_id=patient_id)
+                           patient_id=patient_id, series=series)
     if kind == "nifti":
         return write_nifti(image, like, path)
     if kind == "png":

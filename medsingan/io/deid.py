@@ -1,10 +1,20 @@
-"""De-identification of derived DICOM headers, guided by the DICOM PS3.15 Basic Application
-Level Confidentiality Profile (Table E.1-1).
+"""De-identification of derived DICOM headers by an allow-list.
 
-The rules: every person name (VR PN) anywhere in the dataset is emptied; private tags, curves
-and overlays are removed; the attributes below are emptied (type 2, must stay present) or
-removed (type 3); all instance UIDs are replaced (consistently within the dataset); and the
-header records that identity was removed and how.
+A synthetic image needs the source's *technical* description (pixel format, geometry, the
+acquisition parameters a classifier may condition on) and nothing about the person, the place
+or the time. So rather than removing the identifying attributes we know of (DICOM PS3.15
+Table E.1-1 lists hundreds, and vendors add more in sequences and private tags), everything is
+dropped except:
+
+- the technical attributes of ``_KEEP`` (image pixel and plane, modality LUT/VOI, the CT, MR,
+  CR, DX, MG and intra-oral acquisition parameters);
+- the type-2 patient/study attributes of ``_EMPTY``, kept present but emptied;
+- the code sequences of ``_CODE_SEQUENCES`` (anatomy, view), reduced to their code triplets;
+- instance UIDs, replaced by new ones.
+
+Private tags, overlays, icons, dates, free text, person names, institution and device
+identifiers are therefore gone wherever they were. The header then records that identity was
+removed and how (Patient Identity Removed, De-identification Method (Code Sequence)).
 """
 
 from __future__ import annotations
@@ -15,77 +25,102 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-# Type 2 in their modules: keep the attribute, empty its value.
+# Type 2 patient and study attributes: must stay present, emptied.
 _EMPTY = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
-    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ContentDate", "ContentTime",
+    "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
 )
 
-# Type 3 (or conditional) identifying attributes: remove.
-_REMOVE = (
-    "PatientBirthTime", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
-    "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
-    "PatientAge", "PatientSize", "PatientWeight", "MilitaryRank", "BranchOfService",
-    "EthnicGroup", "Occupation", "PatientReligiousPreference", "PatientComments",
-    "AdditionalPatientHistory", "MedicalRecordLocator", "PregnancyStatus", "SmokingStatus",
-    "LastMenstrualDate", "PatientInsurancePlanCodeSequence", "IssuerOfPatientID",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
-    "InstitutionCodeSequence", "StationName", "DeviceSerialNumber", "DeviceUID",
-    "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord",
-    "NameOfPhysiciansReadingStudy", "RequestingPhysician", "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers", "AdmittingDiagnosesDescription", "AdmissionID",
-    "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime", "SeriesDate", "SeriesTime",
-    "OverlayDate", "OverlayTime", "CurveDate", "CurveTime", "StudyDescription",
-    "RequestAttributesSequence", "ReferencedStudySequence", "ReferencedPatientSequence",
-    "ReferencedImageSequence", "SourceImageSequence", "ReferencedPerformedProcedureStepSequence",
-    "PerformedProcedureStepID", "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime", "PerformedProcedureStepDescription",
-    "ScheduledProcedureStepID", "RequestedProcedureID", "ImageComments", "ProtocolName",
-    "TextValue", "ContentSequence", "PersonName", "VerifyingObserverName",
-    "InstanceCreatorUID", "CreatorVersionUID", "IrradiationEventUID", "StorageMediaFileSetUID",
-    "DigitalSignaturesSequence", "OriginalAttributesSequence", "DeidentificationMethod",
-    "DeidentificationMethodCodeSequence",
-)
+# Non-identifying technical attributes kept as they are (top level only).
+_KEEP = frozenset((
+    # SOP common, general series and image, equipment (make and model, no serial or station)
+    "SpecificCharacterSet", "SOPClassUID", "Modality", "Laterality", "ImageLaterality",
+    "BodyPartExamined", "PatientPosition", "ViewPosition", "AnatomicalOrientationType",
+    "PatientOrientation", "ImageType", "AcquisitionNumber", "ImagesInAcquisition",
+    "PresentationIntentType", "Manufacturer", "ManufacturerModelName", "ConversionType",
+    "PositionReferenceIndicator", "PresentationLUTShape", "QualityControlImage",
+    "RecognizableVisualFeatures",
+    # image pixel, image plane, modality LUT, VOI LUT
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+    "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration", "PixelAspectRatio",
+    "PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing",
+    "PixelSpacingCalibrationType", "ImageOrientationPatient", "ImagePositionPatient",
+    "SliceThickness", "SpacingBetweenSlices", "SliceLocation", "RescaleIntercept",
+    "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth",
+    "WindowCenterWidthExplanation", "VOILUTFunction", "PixelIntensityRelationship",
+    "PixelIntensityRelationshipSign", "LossyImageCompression",
+    "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+    # X-ray acquisition (CT, CR, DX, MG, IO)
+    "KVP", "ExposureTime", "XRayTubeCurrent", "Exposure", "ExposureInuAs",
+    "ExposureTimeInuS", "XRayTubeCurrentInuA", "FilterType", "FilterMaterial",
+    "GeneratorPower", "FocalSpots", "AnodeTargetMaterial", "Grid", "DistanceSourceToDetector",
+    "DistanceSourceToPatient", "EstimatedRadiographicMagnificationFactor", "Sensitivity",
+    "PhosphorType", "PlateType", "RelativeXRayExposure", "ExposureIndex",
+    "TargetExposureIndex", "DeviationIndex", "DetectorType", "DetectorConfiguration",
+    "PositionerType", "PositionerPrimaryAngle", "PositionerSecondaryAngle",
+    "BodyPartThickness", "CompressionForce", "OrganDose", "EntranceDoseInmGy",
+    "DataCollectionDiameter", "ReconstructionDiameter", "GantryDetectorTilt", "TableHeight",
+    "RotationDirection", "ConvolutionKernel", "ScanOptions", "RevolutionTime",
+    "SingleCollimationWidth", "TotalCollimationWidth", "TableSpeed", "TableFeedPerRotation",
+    "SpiralPitchFactor", "CTDIvol", "ReconstructionAlgorithm",
+    # MR acquisition
+    "ScanningSequence", "SequenceVariant", "MRAcquisitionType", "SequenceName", "AngioFlag",
+    "RepetitionTime", "EchoTime", "InversionTime", "NumberOfAverages", "ImagingFrequency",
+    "ImagedNucleus", "EchoNumbers", "MagneticFieldStrength", "NumberOfPhaseEncodingSteps",
+    "EchoTrainLength", "PercentSampling", "PercentPhaseFieldOfView", "PixelBandwidth",
+    "AcquisitionMatrix", "InPlanePhaseEncodingDirection", "FlipAngle",
+    "VariableFlipAngleFlag", "SAR", "dBdt", "TriggerTime", "NominalInterval",
+    "CardiacNumberOfImages", "ReceiveCoilName", "TransmitCoilName",
+))
 
-# UIDs identifying a class or a coding scheme, not an instance: never replaced.
-_CLASS_UIDS = {"SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID",
-               "TransferSyntaxUID", "CodingSchemeUID", "ContextUID", "MappingResourceUID"}
+# Code sequences kept with only their codes (no free text beyond the code's meaning).
+_CODE_SEQUENCES = ("AnatomicRegionSequence", "PrimaryAnatomicStructureSequence",
+                   "ViewCodeSequence", "ViewModifierCodeSequence",
+                   "AnatomicRegionModifierSequence")
+_CODE_KEYWORDS = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning",
+                  "LongCodeValue", "URNCodeValue")
+
+# Instance UIDs kept (as new values): the writer sets them for the derived object.
+_NEW_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
 
-def _empty_names_and_replace_uids(ds: Dataset, uid_map: dict[str, str]) -> None:
-    for element in list(ds):
-        if element.VR == "SQ":
-            for item in element.value:
-                _empty_names_and_replace_uids(item, uid_map)
-        elif element.VR == "PN":
-            element.value = ""
-        elif element.VR == "UI" and element.keyword not in _CLASS_UIDS and element.value:
-            old = str(element.value)
-            element.value = uid_map.setdefault(old, generate_uid())
-
-
-def _remove_overlays_and_curves(ds: Dataset) -> None:
-    for element in list(ds):
-        group = element.tag.group
-        if 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
-            del ds[element.tag]
+def _codes_only(sequence: Sequence) -> Sequence:
+    items = []
+    for item in sequence:
+        code = Dataset()
+        for keyword in _CODE_KEYWORDS:
+            if keyword in item:
+                code[keyword] = item[keyword]
+        items.append(code)
+    return Sequence(items)
 
 
 def deidentify(ds: Dataset, *, patient_id: str | None = None) -> Dataset:
-    """Remove or empty identifying attributes of ``ds`` in place and return it."""
-    ds.remove_private_tags()
-    _remove_overlays_and_curves(ds)
-    for keyword in _REMOVE:
-        if keyword in ds:
-            del ds[keyword]
+    """Reduce ``ds`` in place to the allow-list of this module and return it.
+
+    ``patient_id`` (e.g. a study pseudonym) becomes the Patient ID and Patient's Name.
+    """
+    kept = {keyword: ds[keyword] for keyword in _KEEP if keyword in ds}
+    codes = {keyword: _codes_only(ds[keyword].value) for keyword in _CODE_SEQUENCES
+             if keyword in ds and ds[keyword].VR == "SQ"}
+    uids = [keyword for keyword in _NEW_UIDS if keyword in ds]
+    pixel_data = ds.get("PixelData")
+    ds.clear()
+    for keyword, element in kept.items():
+        ds[keyword] = element
+    for keyword, sequence in codes.items():
+        setattr(ds, keyword, sequence)
+    for keyword in uids:
+        setattr(ds, keyword, generate_uid())
+    if pixel_data is not None:
+        ds["PixelData"] = pixel_data
     for keyword in _EMPTY:
         setattr(ds, keyword, "")
-    _empty_names_and_replace_uids(ds, {})
     if patient_id:
         ds.PatientID = patient_id
         ds.PatientName = patient_id
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "medsingan: PS3.15 Basic Profile (subset)"
+    ds.DeidentificationMethod = "medsingan: allow-list of technical attributes"
     code = Dataset()
     code.CodeValue = "113100"
     code.CodingSchemeDesignator = "DCM"
