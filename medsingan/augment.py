@@ -8,6 +8,7 @@ and a cohort is the same whatever the batch size.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from medsingan.devices import resolve_device
 from medsingan.errors import ConfigError, RunDirError, ScanWriteError
 from medsingan.generate import sample, scaled_shapes
 from medsingan.io import DerivedSeries, ScanMetadata, read_scan, write_scan
@@ -25,6 +27,7 @@ from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.manifest import (
     ManifestRow,
     append_rows,
+    check_appendable,
     read_manifest,
     relative_to_manifest,
     set_column,
@@ -33,6 +36,7 @@ from medsingan.metrics.diversity import CohortDiversity, similarity_to_source
 from medsingan.metrics.patch_swd import PatchSWDScorer
 from medsingan.metrics.sifid import SifidScorer, find_inception_weights
 from medsingan.model.container import TrainedPyramid
+from medsingan.model.noise import check_seed
 from medsingan.model.previews import save_sample_sheet
 from medsingan.preprocess import IntensityMapping
 from medsingan.train import load_run
@@ -42,7 +46,11 @@ FORMAT_SUFFIX = {"dicom": ".dcm", "nifti": ".nii.gz", "png": ".png", "tiff": ".p
 SETTINGS_FILE = "augment.json"
 GRID_FILE = "grid.png"
 SUMMARY_FILE = "summary.json"
-_SCALE = re.compile(r"^\s*N\s*(?:-\s*(\d+))?\s*$", re.IGNORECASE)
+# Largest output side: DICOM's Rows/Columns are 16-bit, and 16k px is already ~4 GiB of
+# activations per sample at the finest scale.
+MAX_OUTPUT_SIDE = 16384
+_SCALE = re.compile(r"^\s*N\s*(?:-\s*([0-9]+))?\s*$", re.IGNORECASE)
+_INDEX = re.compile(r"^\s*-?[0-9]+\s*$")
 
 
 def parse_scale(text: str | int, coarsest: int, option: str = "--start-scale") -> int:
@@ -51,7 +59,7 @@ def parse_scale(text: str | int, coarsest: int, option: str = "--start-scale") -
     match = _SCALE.match(value)
     if match:
         index = coarsest - int(match.group(1) or 0)
-    elif value.strip().lstrip("-").isdigit():
+    elif _INDEX.match(value):
         index = int(value)
     else:
         raise ConfigError(f"{option} must be N, N-k or an index, not '{value}'")
@@ -98,18 +106,6 @@ class AugmentResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu or cuda[:N], not '{name}'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
-    return device
-
-
 def default_batch_size(pyramid: TrainedPyramid) -> int:
     """Samples per forward pass: about 1 GiB of activations at the finest scale."""
     height, width = pyramid.shapes[0]
@@ -151,7 +147,13 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> Non
     """A folder holds one cohort: re-running with other settings needs --overwrite."""
     path = out / SETTINGS_FILE
     if path.is_file() and not overwrite:
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise ConfigError(f"{path} is unreadable or corrupt; use --overwrite to start the "
+                              "cohort over, or another --out") from None
+        if not isinstance(previous, dict):
+            previous = {}
         changed = sorted(k for k in settings if previous.get(k) != settings[k])
         if changed:
             raise ConfigError(f"{out} holds a cohort made with other settings "
@@ -171,9 +173,10 @@ def augment(request: AugmentRequest) -> AugmentResult:
     """Generate ``request.n`` scored samples of a trained run (see module docstring)."""
     if request.n < 1:
         raise ConfigError(f"--n must be at least 1, got {request.n}")
+    check_seed(request.seed)
     if request.batch_size is not None and request.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {request.batch_size}")
-    device = _device(request.device)
+    device = resolve_device(request.device)
     # fail fast, before any work: weights for SIFID, the run, the output format
     weights = find_inception_weights(request.inception_weights) if request.sifid else None
     pyramid, extra = load_complete_run(request.run_dir)
@@ -202,6 +205,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
                 "start_scale": start, "seed": request.seed, "format": suffix,
                 "size": list(shapes[0])}
     _check_settings(out, settings, request.overwrite)
+    check_appendable(manifest)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / SETTINGS_FILE) as tmp:
@@ -278,10 +282,14 @@ def _output_scale(request: AugmentRequest, finest: tuple[int, int]) -> tuple[flo
         raise ConfigError("give either --height/--width or --scale-h/--scale-w, not both")
     for name in ("height", "width", "scale_h", "scale_w"):
         value = getattr(request, name)
-        if value is not None and not value > 0:
+        if value is not None and not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
     scale_h = request.height / finest[0] if request.height else request.scale_h or 1.0
     scale_w = request.width / finest[1] if request.width else request.scale_w or 1.0
+    height, width = round(finest[0] * scale_h), round(finest[1] * scale_w)
+    if max(height, width) > MAX_OUTPUT_SIDE:
+        raise ConfigError(f"output size {height}x{width} px is over the {MAX_OUTPUT_SIDE} px "
+                          "a side this command writes")
     return scale_h, scale_w
 
 

@@ -314,7 +314,9 @@ def augment(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     keep_identifiers: KeepIdsOpt = False,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Start the cohort over instead of completing it.")] = False,
+        "--overwrite", help="Start the cohort over (every sample regenerated, other settings "
+        "allowed) instead of completing it; files of an earlier cohort under other names stay, "
+        "with their manifest rows.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Generate N scored samples of a trained scan, in its format, with manifest rows."""

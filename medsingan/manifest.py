@@ -362,6 +362,26 @@ def _normalise(relative: str) -> str:
     return posixpath.normpath(relative) if relative else ""
 
 
+def check_appendable(manifest_path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ManifestError` unless rows can be appended to ``manifest_path``: an
+    existing file must read as a manifest, a new one needs a folder it can be written in.
+    Commands call this before they write their first output."""
+    path = Path(manifest_path)
+    if path.is_dir():
+        raise ManifestError(f"the manifest {path} is a directory; name a .csv file")
+    if path.exists():
+        read_manifest(path)
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ManifestError(f"the manifest {path} is not readable and writable")
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ManifestError(f"cannot create the manifest {path}: {folder} is not a writable "
+                            "folder")
+
+
 def append_rows(manifest_path: str | os.PathLike[str], rows: Iterable[ManifestRow],
                 on_existing: Literal["error", "replace", "skip"] = "error") -> int:
     """Append ``rows`` to the manifest (created if absent), atomically; return rows written.

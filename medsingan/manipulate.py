@@ -33,6 +33,7 @@ an excess of 0.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,10 @@ from medsingan.errors import ConfigError, ScanWriteError
 from medsingan.generate import sample_noise
 from medsingan.io import DerivedSeries, Scan, read_scan, write_scan
 from medsingan.io.atomic import atomic_path
-from medsingan.manifest import ManifestRow, append_rows, relative_to_manifest
+from medsingan.manifest import ManifestRow, append_rows, check_appendable, relative_to_manifest
 from medsingan.metrics.diversity import similarity_to_source
 from medsingan.model.container import TrainedPyramid
-from medsingan.model.noise import draw_noise, seeded_generator
+from medsingan.model.noise import check_seed, draw_noise, seeded_generator
 from medsingan.model.previews import save_sample_sheet
 from medsingan.preprocess import IntensityMapping
 from medsingan.pyramid import resize
@@ -370,6 +371,7 @@ class _Run:
 def _open_run(request: ManipulationRequest) -> _Run:
     if request.n < 1:
         raise ConfigError(f"--n must be at least 1, got {request.n}")
+    check_seed(request.seed)
     if request.intensity not in INTENSITIES:
         raise ConfigError(f"--intensity must be scan or display, not '{request.intensity}'")
     pyramid, extra = load_complete_run(request.run_dir)
@@ -413,7 +415,7 @@ def _parse_point(at: str | tuple[int, int]) -> tuple[int, int]:
     if isinstance(at, tuple):
         return at
     parts = at.replace(" ", "").split(",")
-    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+    if len(parts) != 2 or not all(re.fullmatch("-?[0-9]+", p) for p in parts):
         raise ConfigError(f"--at must be X,Y (column,row in px of the run's scan), not '{at}'")
     return int(parts[0]), int(parts[1])
 
@@ -452,6 +454,7 @@ def _targets(request: ManipulationRequest, run: _Run, method: str,
     if existing and not request.overwrite:
         raise ConfigError(f"{existing[0]} already exists; use another --out, another --seed "
                           "or --overwrite")
+    check_appendable(manifest)
     return out, manifest, names, mask
 
 
@@ -467,31 +470,38 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     similarity = (similarity_to_source(images, run.real.cpu()) if same_size
                   else [None] * len(images))
     extra = dict(extra or {})
+    written: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
         if mask_path is not None and mask is not None:
             pixels = (mask[0, 0].cpu().numpy() > 0).astype(np.uint8) * 255
             with atomic_path(mask_path) as tmp:
                 Image.fromarray(pixels).save(tmp, format="PNG")
+            written.append(mask_path)
             extra["mask"] = relative_to_manifest(mask_path.resolve(), manifest)
-    except OSError as exc:
-        raise ScanWriteError(f"cannot write to {out}: {exc.strerror or exc}") from exc
-    rows = []
-    series = DerivedSeries.for_key()  # the variants of one command: one series
-    for k, path in enumerate(names):
-        physical = run.mapping.from_unit(images[k, 0].numpy())
-        write_scan(physical, meta, path, keep_identifiers=request.keep_identifiers,
-                   patient_id=run.subject, series=series.instance(k + 1))
-        rows.append(ManifestRow(
-            image=str(path.resolve()), label=run.label, split=run.split, synthetic=True,
-            source_image=meta.source_path, subject_id=run.subject,
-            modality=str(run.extra.get("modality_preset", "")), method=method,
-            model=relative_to_manifest(run.run_dir.resolve(), manifest),
-            start_scale=start_scale, seed=request.seed, similarity_to_source=similarity[k],
-            height=physical.shape[0], width=physical.shape[1],
-            extra={"sample_index": k, **{key: (v[k] if isinstance(v, list) else v)
-                                         for key, v in extra.items()}}))
-    append_rows(manifest, rows, on_existing="replace")
+        rows = []
+        series = DerivedSeries.for_key()  # the variants of one command: one series
+        for k, path in enumerate(names):
+            physical = run.mapping.from_unit(images[k, 0].numpy())
+            write_scan(physical, meta, path, keep_identifiers=request.keep_identifiers,
+                       patient_id=run.subject, series=series.instance(k + 1))
+            written.append(path)
+            rows.append(ManifestRow(
+                image=str(path.resolve()), label=run.label, split=run.split, synthetic=True,
+                source_image=meta.source_path, subject_id=run.subject,
+                modality=str(run.extra.get("modality_preset", "")), method=method,
+                model=relative_to_manifest(run.run_dir.resolve(), manifest),
+                start_scale=start_scale, seed=request.seed, similarity_to_source=similarity[k],
+                height=physical.shape[0], width=physical.shape[1],
+                extra={"sample_index": k, **{key: (v[k] if isinstance(v, list) else v)
+                                             for key, v in extra.items()}}))
+        append_rows(manifest, rows, on_existing="replace")
+    except BaseException as exc:
+        for path in written:  # no output without its manifest row
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ScanWriteError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+        raise
     grid = out / f"{method}_grid.png"
     save_sample_sheet(grid, [s.detach().cpu() for s in sheet], columns=len(sheet))
     return ManipulationResult(out=out, manifest=manifest, written=names, mask=mask_path,

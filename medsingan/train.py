@@ -44,12 +44,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import medsingan
+from medsingan.devices import parse_device, resolve_device
 from medsingan.errors import ConfigError, InvalidImageError, RunDirError, TrainingInterrupted
 from medsingan.generate import sample
 from medsingan.model.blocks import ACTIVATIONS, NORMS, PADDINGS, init_weights
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator, NetSpec, scale_width
-from medsingan.model.noise import draw_noise, seeded_generator
+from medsingan.model.noise import check_seed, draw_noise, seeded_generator
 from medsingan.model.previews import save_loss_curves, save_sample_sheet
 from medsingan.model.serialization import (
     atomic_write,
@@ -165,12 +166,8 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must not be negative, got {self.seed}")
-        try:
-            torch.device(self.device if self.device != "auto" else "cpu")
-        except RuntimeError:
-            raise ConfigError(f"device {self.device!r} is not a torch device") from None
+        check_seed(self.seed)
+        parse_device(self.device)  # its presence here is checked when training starts
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,9 +196,7 @@ class TrainConfig:
         return cls(**values).validate()
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def net_spec(self, channels: int, level: int) -> NetSpec:
         """Network shape at ``level`` scales above the coarsest."""
@@ -392,6 +387,9 @@ def _run_files(run_dir: Path) -> list[Path]:
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CONFIG_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a run directory (the folder train "
+                          "writes)")
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
     if not path.is_file():
@@ -463,7 +461,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tenso
                      resume: bool, overwrite: bool) -> tuple[dict[str, Any] | None,
                                                              TrainedPyramid | None]:
     """Check what ``run_dir`` holds; return the stored config and pyramid to resume from."""
-    for leftover in run_dir.glob(".*.tmp"):  # half-written files of a killed run
+    for leftover in run_dir.glob(".*.tmp*"):  # half-written files of a killed run
         leftover.unlink()
     existing = [p for p in _run_files(run_dir) if p.exists()]
     if not existing:
@@ -547,7 +545,15 @@ def train(
         raise ConfigError(f"last_scale must lie in 0..{len(shapes) - 1}, got {last_scale}")
     reals = build_image_pyramid(image, shapes)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: choose one")
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir} holds no run to resume; drop --resume to start one")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create the run directory {run_dir}: "
+                          f"{exc.strerror or exc}") from exc
     stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
     channels = image.shape[1]
     coarsest = len(shapes) - 1

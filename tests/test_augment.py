@@ -194,3 +194,32 @@ def test_cli_errors_are_one_line(ct_run, tmp_path, monkeypatch):
                      env={"TORCH_HOME": str(empty_hub), "MEDSINGAN_INCEPTION_WEIGHTS": ""})
     assert_one_line_error(result, "--no-sifid", "--inception-weights")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**70)], "--seed"),
+    (["--start-scale=--1"], "--start-scale"),
+    (["--scale-w", "inf"], "--scale-w"),
+    (["--height", "100000"], "16384"),
+    (["--device", "mps"], "--device"),
+    (["--manifest", "{tmp}"], "is a directory"),
+    (["--manifest", "{tmp}/bad.csv"], "bad.csv"),
+])
+def test_more_bad_input_is_one_line_and_writes_nothing(ct_run, tmp_path, args, fragment):
+    (tmp_path / "bad.csv").write_text("image,colour\nx.dcm,red\n")
+    before = sorted(tmp_path.rglob("*"))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run_cli("augment", ct_run, "--no-sifid", "--out", tmp_path / "o",
+                     "--manifest", tmp_path / "m.csv", *args)
+    assert_one_line_error(result, fragment)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_corrupt_settings_file_is_reported_not_a_traceback(ct_run, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "augment.json").write_text("{not json")
+    assert_one_line_error(run_cli("augment", ct_run, "--no-sifid", "--out", out, "--manifest",
+                                  tmp_path / "m.csv"), "corrupt", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["augment.json"]

@@ -123,14 +123,16 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
-        raise ScanReadError(f"{path.name} is not a DICOM file ({exc})") from exc
+        raise ScanReadError(f"{path.name} is not a DICOM file (no DICOM preamble and "
+                            "header)") from exc
     except Exception as exc:  # pydicom raises many types on truncated or corrupt files
         raise ScanReadError(f"{path.name}: cannot parse DICOM ({exc}); the file may be "
                             "truncated or corrupt") from exc
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise UnsupportedScanError(
             f"{path.name} has no pixel data (SOP class "
-            f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); give an image object"
+            f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); give an image object "
+            "(a truncated file reads like this too)"
         )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in GRAYSCALE or int(ds.get("SamplesPerPixel", 1)) != 1:
@@ -327,6 +329,9 @@ def write_dicom(
             ds.save_as(tmp, enforce_file_format=True)
     except OSError as exc:
         raise ScanWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # pydicom refuses a value (struct/ValueError): one line
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ScanWriteError(f"cannot write {path}: {reason[:200]}") from exc
     return path
 
 

@@ -10,6 +10,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medsingan.errors import ConfigError
+
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it is a usable seed (0 .. 2**63 - 1), else ConfigError."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    return seed
+
 
 def seeded_generator(*keys: int) -> torch.Generator:
     """A CPU ``torch.Generator`` whose seed is derived from the non-negative integer ``keys``."""

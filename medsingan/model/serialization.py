@@ -15,8 +15,6 @@ same layout under ``discriminator.<n>.<parameter>``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from medsingan.errors import RunDirError
+from medsingan.io.atomic import atomic_path
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator, NetSpec
 
@@ -38,14 +37,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
     A crash leaves either the old file or the new one, never half of one.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _network_tensors(prefix: str, networks: Mapping[int, nn.Module]) -> dict[str, torch.Tensor]:

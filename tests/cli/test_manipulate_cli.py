@@ -69,13 +69,21 @@ def test_harmonize_paint_and_super_resolve_write_what_they_claim(hand_run, tmp_p
     (["--lesion", "big.png", "--at", "0,0"], "larger than the run's scan"),
     (["--lesion", "small.png", "--at", "3,3", "--lesion-mask", "other.png"], "must match"),
     (["--lesion", "small.png", "--at", "3,3", "--inject-scale", "N-8"], "out of range"),
+    (["--lesion", "small.png", "--at=--5,3"], "--at"),
+    (["--lesion", "small.png", "--at", "3,3", "--seed", "-1"], "--seed"),
+    (["--lesion", "small.png", "--at", "3,3", "--manifest", "out"], "is a directory"),
 ])
 def test_bad_edit_input_is_one_line_exit_2_and_writes_nothing(hand_run, tmp_path, options,
                                                               fragment):
     display_png(tmp_path / "big.png", np.full((60, 60), 0.5))
     display_png(tmp_path / "small.png", np.full((8, 8), 0.9))
     mask_png(tmp_path / "other.png", np.ones((5, 5), bool))
+    if "--manifest" in options:  # an existing folder given as the manifest
+        (tmp_path / "out").mkdir()
+    else:
+        options = [*options, "--manifest", "cohort.csv"]
     result = run_cli("edit", hand_run, *options, "--intensity", "display", "--out", "out",
-                     "--manifest", "cohort.csv", cwd=tmp_path)
+                     cwd=tmp_path)
     assert_one_line_error(result, fragment)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "cohort.csv").exists()
+    assert not (tmp_path / "cohort.csv").exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -57,6 +57,10 @@ def test_a_finished_run_is_not_overwritten_by_accident(tiny_run):
     (("--iters", "0"), "iters"),
     (("--nfc", "64", "--max-nfc", "32"), "max_nfc"),
     (("--preset", "turbo"), "--preset"),
+    (("--device", "mps"), "--device"),
+    (("--seed", "-1"), "--seed"),
+    (("--resume",), "no run to resume"),
+    (("--resume", "--overwrite"), "choose one"),
 ])
 def test_bad_hyper_parameters(tmp_path, args, fragment):
     result = run_cli("train", dicom_file("CT_small.dcm"), "--out", tmp_path / "run", "--quiet",
@@ -66,7 +70,9 @@ def test_bad_hyper_parameters(tmp_path, args, fragment):
 
 
 def test_bad_run_directories(tmp_path, tiny_run):
-    assert_one_line_error(run_cli("info", tmp_path / "nothing"))
+    assert_one_line_error(run_cli("info", tmp_path / "nothing"), "does not exist")
+    (tmp_path / "a-file").write_text("x")
+    assert_one_line_error(run_cli("info", tmp_path / "a-file"), "is a file")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run_cli("info", tmp_path / "empty"))
     broken = tmp_path / "broken"
