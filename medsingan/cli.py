@@ -397,11 +397,15 @@ def manifest_merge(
     output: Annotated[Path, typer.Option("--output", "-o", help="The combined manifest "
                                          "(paths rewritten relative to its folder).",
                                          show_default=False)],
+    allow_leaks: Annotated[bool, typer.Option(
+        "--allow-leaks", help="Write the merged manifest even if a synthetic image's source "
+        "or subject is in another split (manifest check will still report it).")] = False,
 ) -> None:
-    """Combine manifests into one, dropping duplicate rows and refusing conflicts."""
+    """Combine manifests into one, dropping duplicate rows and refusing invalid values,
+    conflicts and split leaks."""
     from medsingan.manifest import merge_manifests
 
-    count = merge_manifests(manifests, output)
+    count = merge_manifests(manifests, output, allow_leaks=allow_leaks)
     typer.echo(f"{output}: {count} row(s)")
 
 

@@ -88,7 +88,9 @@ PROBLEM_KINDS: tuple[str, ...] = (
 
 _PATH_COLUMNS = ("image", "source_image")
 # The columns that must agree when two manifests list the same image.
-_IDENTITY_COLUMNS = ("split", "label", "subject_id")
+_IDENTITY_COLUMNS = ("split", "label", "subject_id", "synthetic", "method", "source_image")
+# Columns holding paths relative to the manifest's folder, rewritten by merge.
+_MERGED_PATH_COLUMNS = ("image", "source_image", "model", "mask")
 
 Record = dict[str, str]
 
@@ -131,9 +133,9 @@ def relative_to_manifest(path: str | os.PathLike[str], manifest_path: str | os.P
     >>> relative_to_manifest("/data/run/samples/s_0001.dcm", "/data/manifests/run.csv")
     '../run/samples/s_0001.dcm'
     """
-    folder = os.path.dirname(os.path.abspath(manifest_path))
-    try:
-        relative = os.path.relpath(os.path.abspath(path), folder)
+    folder = os.path.dirname(os.path.realpath(manifest_path))
+    try:  # between resolved locations: a symlinked folder on one side only still works
+        relative = os.path.relpath(os.path.realpath(path), folder)
     except ValueError as error:  # Windows: another drive has no relative path
         raise ManifestError(f"{path} cannot be written relative to {folder}: {error}") from None
     return PurePath(relative).as_posix()
@@ -219,15 +221,18 @@ def _parse_bool(text: str) -> bool:
     return text.lower() == "true"
 
 
+_MAX_INT = 2**63 - 1
+
+
 def _parse_int(text: str) -> int | None:
     if not text:
         return None
-    try:
-        value = float(text)
-    except ValueError:
+    try:  # digits exactly (a float would round seeds above 2**53); "12.0" as written by pandas
+        value = int(text) if text.strip().lstrip("+-").isdecimal() else float(text)
+    except (ValueError, OverflowError):
         raise ValueError(f"must be a whole number, not {text!r}") from None
-    if not value.is_integer() or value < 0:
-        raise ValueError(f"must be a whole number >= 0, not {text!r}")
+    if isinstance(value, float) and not value.is_integer() or not 0 <= value <= _MAX_INT:
+        raise ValueError(f"must be a whole number in 0..{_MAX_INT}, not {text!r}")
     return int(value)
 
 
@@ -341,7 +346,8 @@ def _write_records(path: Path, header: Sequence[str], records: Iterable[Record])
     """Write the whole CSV to a temporary file beside ``path``, then rename it over ``path``."""
     try:
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
+            # RFC 4180 line ends: a field holding a lone "\r" is then quoted too
+            writer = csv.writer(handle, lineterminator="\r\n")
             writer.writerow(header)
             writer.writerows([record.get(column, "") for column in header] for record in records)
             handle.flush()
@@ -465,13 +471,16 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def merge_manifests(inputs: Sequence[str | os.PathLike[str]],
-                    output: str | os.PathLike[str]) -> int:
+                    output: str | os.PathLike[str], *, allow_leaks: bool = False) -> int:
     """Combine manifests into ``output`` (written atomically); return the number of rows.
 
-    ``image`` and ``source_image`` are rewritten relative to the output's folder, so every
-    path still names the same file. Identical rows are kept once. The same image listed with a
-    different ``split``, ``label`` or ``subject_id`` raises :class:`ManifestError` and writes
-    nothing; listed twice with other differences (a re-scored sample), the first input wins.
+    Paths (``image``, ``source_image``, ``model`` and an extra ``mask``) are rewritten relative
+    to the output's folder, so every path still names the same file. Identical rows are kept
+    once. Nothing is written, and :class:`ManifestError` says why, when an input has a value of
+    the wrong type, when the same image is listed with a different ``split``, ``label``,
+    ``subject_id``, ``synthetic``, ``method`` or ``source_image`` (listed twice with other
+    differences, e.g. a re-scored sample, the first input wins), or, unless ``allow_leaks``,
+    when the merged rows leak a source or subject across splits (see :func:`check_manifest`).
     ``output`` may be one of the inputs.
     """
     if not inputs:
@@ -482,9 +491,13 @@ def merge_manifests(inputs: Sequence[str | os.PathLike[str]],
     for source in map(Path, inputs):
         header, records = _read_records(source)
         headers.append(header)
+        invalid = _value_problems(list(enumerate(records, start=1)))
+        if invalid:
+            raise ManifestError(f"{source}: {invalid[0]} ({len(invalid)} problem(s); see "
+                                "medsingan manifest check)")
         for record in records:
-            for column in _PATH_COLUMNS:
-                if record[column]:
+            for column in _MERGED_PATH_COLUMNS:
+                if record.get(column):
                     located = os.path.join(os.path.dirname(os.path.abspath(source)),
                                            record[column])
                     record[column] = relative_to_manifest(located, output)
@@ -498,8 +511,14 @@ def merge_manifests(inputs: Sequence[str | os.PathLike[str]],
                     raise ManifestError(
                         f"{record['image']} has {column} {kept[column]!r} in {kept_from} "
                         f"but {record[column]!r} in {source}; fix one before merging")
-    columns = _union_header(*headers)
-    _write_records(output, columns, (record for record, _ in merged.values()))
+    rows = [record for record, _ in merged.values()]
+    leaks = [] if allow_leaks else [
+        problem for problem in _leak_problems(list(enumerate(rows, start=1)), output.parent)
+        if problem.kind == "leak"]
+    if leaks:
+        raise ManifestError(f"the merged manifest would leak across splits: "
+                            f"{leaks[0].message} ({len(leaks)} leak(s)); nothing written")
+    _write_records(output, _union_header(*headers), rows)
     return len(merged)
 
 
@@ -543,7 +562,7 @@ def check_manifest(path: str | os.PathLike[str]) -> list[Problem]:
             records.append((number, dict(zip(header, row, strict=True))))
     problems += _value_problems(records)
     problems += _file_problems(path, records)
-    problems += _leak_problems(records)
+    problems += _leak_problems(records, path.parent)
     return sorted(problems, key=lambda p: (p.row or 0, PROBLEM_KINDS.index(p.kind)))
 
 
@@ -588,15 +607,21 @@ def _file_problems(path: Path, records: list[tuple[int, Record]]) -> list[Proble
     return problems
 
 
-def _leak_problems(records: list[tuple[int, Record]]) -> list[Problem]:
-    by_image = {_normalise(r["image"]): r for _, r in records}
+def _file_key(folder: Path, text: str) -> str:
+    """The file a manifest path names, as one string: joined to the manifest's folder, links
+    and ``..`` resolved, so that relative, absolute and symlinked spellings of one file match."""
+    return os.path.normcase(os.path.realpath(os.path.join(folder, text))) if text else ""
+
+
+def _leak_problems(records: list[tuple[int, Record]], folder: Path) -> list[Problem]:
+    by_image = {_file_key(folder, r["image"]): r for _, r in records}
     # Where each subject and each source image appear: split -> first row showing it. Real
     # rows are the authority; synthetic siblings are compared only when no real row exists.
     real_subjects: dict[str, dict[str, int]] = {}
     all_subjects: dict[str, dict[str, int]] = {}
     sibling_sources: dict[str, dict[str, int]] = {}
     for number, record in records:
-        split, subject = record["split"], record["subject_id"]
+        split, subject = record["split"], record["subject_id"].strip()
         if not split:
             continue
         synthetic = _is_synthetic(record)
@@ -605,21 +630,21 @@ def _leak_problems(records: list[tuple[int, Record]]) -> list[Problem]:
             if not synthetic:
                 real_subjects.setdefault(subject, {}).setdefault(split, number)
         if synthetic and record["source_image"]:
-            source = _normalise(record["source_image"])
+            source = _file_key(folder, record["source_image"])
             sibling_sources.setdefault(source, {}).setdefault(split, number)
     problems = []
     for number, record in records:
         if not _is_synthetic(record):
             continue
-        split, subject = record["split"], record["subject_id"]
-        source, shown_source = _normalise(record["source_image"]), record["source_image"]
+        split, subject = record["split"], record["subject_id"].strip()
+        source, shown_source = _file_key(folder, record["source_image"]), record["source_image"]
         source_row = by_image.get(source)
         if source_row is not None:
             if source_row["split"] != split:
                 problems.append(Problem("leak", number, f"synthetic image in split {split!r} "
                                         f"but its source {shown_source} is in "
                                         f"{source_row['split']!r}"))
-            if source_row["subject_id"] != subject:
+            if source_row["subject_id"].strip() != subject:
                 problems.append(Problem("inheritance", number, f"subject_id {subject!r} differs "
                                         f"from its source's {source_row['subject_id']!r}"))
         elif split and len(sibling_sources.get(source, {})) > 1:

@@ -358,3 +358,81 @@ def test_loads_with_monai_csv_dataset_and_load_imaged(cohort: Path) -> None:
     pixels = np.asarray(dataset[2]["image"][0]).T  # back to (height, width)
     expected = np.asarray(Image.open(folder.parent / "samples" / "P1_1.png"))
     np.testing.assert_array_equal(pixels, expected)
+    # as data_manifests/README.md loads it: every value as written
+    as_text = CSVDataset(src=str(cohort), kwargs_read_csv={"dtype": str,
+                                                           "keep_default_na": False})
+    assert as_text[0]["seed"] == "" and as_text[1]["seed"] == "0" and as_text[1]["width"] == "40"
+
+
+def _rows_with(manifest: Path, column: str, value: str) -> None:
+    """Set ``column`` of the last row to ``value`` as raw CSV text."""
+    rows = raw_rows(manifest)
+    rows[-1][rows[0].index(column)] = value
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+
+
+def test_a_leak_is_caught_whatever_the_spelling_of_the_source_path(
+        cohort: Path, tmp_path: Path) -> None:
+    """The source listed relative, named absolute or through a symlinked folder: one file."""
+    link = tmp_path / "linked-scans"
+    link.symlink_to(tmp_path / "scans")
+    for number, source in enumerate((tmp_path / "scans" / "P2.png", link / "P2.png")):
+        leaked = write_png(tmp_path / "samples" / f"leak{number}.png", 24, 40)
+        append_rows(cohort, [synthetic(leaked, source, "train", "anonymous")])
+        _rows_with(cohort, "source_image", str(source))  # as a user might write it
+    leaks = [p.row for p in check_manifest(cohort) if p.kind == "leak"]
+    assert leaks == [7, 8]
+
+
+def test_paths_through_a_symlinked_folder_still_name_the_file(tmp_path: Path) -> None:
+    """A project reached through a link (HPC home links): the manifest named through the
+    link, the sample by its resolved location, as augment gives it."""
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (tmp_path / "short").symlink_to(deep)
+    sample = write_png(deep / "samples" / "s.png", 24, 40)
+    manifest = tmp_path / "short" / "manifests" / "m.csv"
+    manifest.parent.mkdir()
+    assert resolve_image(manifest, relative_to_manifest(sample, manifest)).is_file()
+
+
+def test_awkward_text_and_huge_seeds_round_trip(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    source = write_png(tmp_path / "src.png", 24, 40)
+    rows = [real(source, "train", "007", label="a\rb, \"c\""),
+            synthetic(write_png(tmp_path / "s.png", 24, 40), source, "train", "007",
+                      seed=2**63 - 1)]
+    append_rows(manifest, rows)
+    table = read_manifest(manifest)
+    assert list(table["label"]) == ["a\rb, \"c\"", "nodule"]
+    assert table["seed"].iloc[1] == 2**63 - 1 and list(table["subject_id"]) == ["007", "007"]
+    assert len(pd.read_csv(manifest, dtype=str, keep_default_na=False)) == 2
+    assert check_manifest(manifest) == []
+
+
+def test_merge_refuses_invalid_values_and_leaks(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "merged.csv"
+    other = tmp_path / "other" / "m.csv"
+    leaked = write_png(tmp_path / "samples" / "P2_leak.png", 24, 40)
+    append_rows(other, [synthetic(leaked, tmp_path / "scans" / "P2.png", "train", "P2")])
+    with pytest.raises(ManifestError, match="leak"):
+        merge_manifests([cohort, other], out)
+    assert not out.exists()
+    assert merge_manifests([cohort, other], out, allow_leaks=True) == 7
+    _rows_with(other, "seed", "abc")
+    with pytest.raises(ManifestError, match="seed"):
+        merge_manifests([cohort, other], tmp_path / "merged2.csv")
+    assert not (tmp_path / "merged2.csv").exists()
+
+
+def test_merge_rewrites_the_model_path_and_refuses_real_versus_synthetic(
+        cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "elsewhere" / "deeper" / "merged.csv"
+    merge_manifests([cohort], out)
+    (model,) = set(read_manifest(out)["model"]) - {""}
+    assert resolve_image(out, model).resolve() == resolve_image(cohort, "runs/p1").resolve()
+    twin = tmp_path / "twin" / "m.csv"
+    append_rows(twin, [real(tmp_path / "samples" / "P1_0.png", "train", "P1")])
+    with pytest.raises(ManifestError, match="synthetic"):
+        merge_manifests([cohort, twin], tmp_path / "m3.csv")
