@@ -26,7 +26,7 @@ demo: $(STAMP)
 		echo "note: no Inception weights for SIFID here: scoring without SIFID (see README)"; fi; \
 	$(BIN)/medsingan augment demo_output/chest_run --n 20 --start-scale N-1 \
 		--out demo_output/samples --manifest demo_output/chest_samples.csv --overwrite $$sifid
-	@echo "manifest: demo_output/chest_samples.csv (first rows:)"
+	@echo "first rows of the manifest:"
 	@head -n 4 demo_output/chest_samples.csv
 
 test: $(STAMP)

@@ -44,7 +44,7 @@ ScanArg = Annotated[Path, typer.Argument(help="Scan file: DICOM, NIfTI (.nii/.ni
                                           "TIFF or JPEG.", show_default=False)]
 ModalityOpt = Annotated[Modality, typer.Option(
     "--modality", "-m", help="Modality preset; auto picks it from the DICOM Modality tag "
-    "(CR/DX/MG -> xray, IO/PX -> dental, CT -> ct, MR -> mri, else generic).")]
+    "(CR/DX/MG/RG/XA/RF -> xray, IO/PX -> dental, CT -> ct, MR -> mri, else generic).")]
 WindowOpt = Annotated[str | None, typer.Option(
     "--window", help="CT window: lung, soft_tissue, bone or full [default: the preset's, "
     "soft_tissue].", show_default=False)]
@@ -165,15 +165,17 @@ def train(
         "--max-size", help="Longer side of the finest scale, px [default: 250].",
         show_default=False)] = None,
     scale_factor: Annotated[float | None, typer.Option(
-        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: 0.75, "
-        "then adjusted so the coarsest side is exactly --min-size].", show_default=False)] = None,
+        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: fast 0.7, "
+        "paper 0.75; then adjusted so the coarsest side is exactly --min-size].",
+        show_default=False)] = None,
     nfc: Annotated[int | None, typer.Option(
         "--nfc", help="Channels at the coarsest scales, doubled every 4 scales [default: 32].",
         show_default=False)] = None,
     max_nfc: Annotated[int | None, typer.Option(
-        "--max-nfc", help="Channel cap [default: 128].", show_default=False)] = None,
+        "--max-nfc", help="Channel cap [default: fast 64, paper 128].",
+        show_default=False)] = None,
     norm: Annotated[Norm | None, typer.Option(
-        "--norm", help="Normalisation layer [default: the modality preset's].",
+        "--norm", help="Normalisation layer [default: fast instance, paper batch].",
         show_default=False)] = None,
     activation: Annotated[Activation | None, typer.Option(
         "--activation", help="Activation [default: lrelu (slope 0.2)].",

@@ -11,11 +11,11 @@ split                text    ``train`` / ``val`` / ``test`` / ... ; empty = unas
 synthetic            bool    ``true`` for generated images, ``false`` for real ones
 source_image         path    the real image a synthetic one was generated from (relative)
 subject_id           text    patient / subject identifier
-modality             text    ``CT``, ``MR``, ``CR``, ...
+modality             text    the modality preset (``xray``, ``ct``, ``mri``, ...)
 method               text    one of :data:`METHODS`; ``real`` exactly when not synthetic
-model                text    the run directory or model that produced the image
+model                path    the run directory that produced the image (relative)
 start_scale          int     pyramid scale generation started at (0 = finest)
-seed                 int     the seed that reproduces this sample
+seed                 int     the cohort's seed (+ extra ``sample_index``: this sample)
 sifid                float   Single-Image FID to the source (lower = closer)
 sifid_variant        text    the exact SIFID variant (weights, block, resize)
 diversity            float   the cohort's diversity score (same on every row of a cohort)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -223,3 +225,20 @@ def test_a_corrupt_settings_file_is_reported_not_a_traceback(ct_run, tmp_path):
     assert_one_line_error(run_cli("augment", ct_run, "--no-sifid", "--out", out, "--manifest",
                                   tmp_path / "m.csv"), "corrupt", "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["augment.json"]
+
+
+def test_score_reproduces_the_scores_augment_wrote(ct_run, tmp_path, inception_weights):
+    result = augment(request(ct_run, tmp_path, n=3, sifid=True,
+                             inception_weights=inception_weights))
+    frame = read_manifest(result.manifest).sort_values("image")
+    scored = run_cli("score", dicom_file("CT_small.dcm"), *sorted(result.written), "--json",
+                     "--inception-weights", inception_weights)
+    assert scored.returncode == 0, scored.stderr
+    report = json.loads(scored.stdout)
+    rows = report["images"]
+    # the same files re-read (1 HU quantisation) against the scan resized to 32 px, as trained
+    np.testing.assert_allclose([r["similarity_to_source"] for r in rows],
+                               frame["similarity_to_source"], atol=0.005)
+    np.testing.assert_allclose([r["patch_swd"] for r in rows], frame["patch_swd"], rtol=0.05)
+    np.testing.assert_allclose([r["sifid"] for r in rows], frame["sifid"], rtol=0.05)
+    assert report["diversity"] == pytest.approx(result.summary["diversity"], rel=0.02)
