@@ -138,7 +138,7 @@ def source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
             raise RunDirError(f"--keep-identifiers needs the original source {source} "
                               "(missing or changed since training)")
         original = read_scan(source, frame=meta.frame, slice_index=meta.slice_index,
-                             slice_axis=meta.slice_axis or 2, volume=meta.volume)
+                             slice_axis=meta.slice_axis, volume=meta.volume)
         meta.dicom_header = original.meta.dicom_header
     return meta
 

@@ -54,8 +54,9 @@ FrameOpt = Annotated[int | None, typer.Option(
 SliceOpt = Annotated[int | None, typer.Option(
     "--slice", help="Slice index of a NIfTI volume along --slice-axis [default: the middle "
     "slice].", show_default=False)]
-SliceAxisOpt = Annotated[int, typer.Option(
-    "--slice-axis", help="Voxel axis (0, 1 or 2) a NIfTI slice is taken across.")]
+SliceAxisOpt = Annotated[int | None, typer.Option(
+    "--slice-axis", help="Voxel axis (0, 1 or 2) a NIfTI slice is taken across [default: "
+    "the volume's only one-voxel axis, else 2].", show_default=False)]
 VolumeOpt = Annotated[int | None, typer.Option(
     "--volume", help="Volume of a 4D NIfTI, from 0 (required when it has several).",
     show_default=False)]
@@ -82,7 +83,7 @@ def inspect(
     window: WindowOpt = None,
     frame: FrameOpt = None,
     slice_index: SliceOpt = None,
-    slice_axis: SliceAxisOpt = 2,
+    slice_axis: SliceAxisOpt = None,
     volume: VolumeOpt = None,
     preview: Annotated[Path | None, typer.Option(
         "--preview", help="Write the image as the trainer sees it (after the preset's "
@@ -153,7 +154,7 @@ def train(
     window: WindowOpt = None,
     frame: FrameOpt = None,
     slice_index: SliceOpt = None,
-    slice_axis: SliceAxisOpt = 2,
+    slice_axis: SliceAxisOpt = None,
     volume: VolumeOpt = None,
     iters: Annotated[int | None, typer.Option(
         "--iters", help="Iterations per scale [default: preset's; paper 2000].",

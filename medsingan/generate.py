@@ -35,7 +35,9 @@ def scaled_shapes(pyramid: TrainedPyramid, scale_h: float = 1.0,
                   scale_w: float = 1.0) -> list[tuple[int, int]]:
     """Every scale's ``(height, width)`` stretched by ``scale_h`` x ``scale_w`` (finest first).
 
-    The official code's ``scale_h``/``scale_w``: the networks are fully convolutional, so a
+    Like the official code's ``scale_v``/``scale_h`` (there ``scale_h`` is the horizontal
+    factor; here ``scale_h`` is the height's and ``scale_w`` the width's): the networks are
+    fully convolutional, so a
     sample may have another size and aspect ratio than the training image.
     """
     if not (scale_h > 0 and scale_w > 0):

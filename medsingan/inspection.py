@@ -43,8 +43,8 @@ class Inspection:
 
 
 def inspect_scan(path: Path, *, modality: str = "auto", window: str | None = None,
-                 frame: int | None = None, slice_index: int | None = None, slice_axis: int = 2,
-                 volume: int | None = None) -> Inspection:
+                 frame: int | None = None, slice_index: int | None = None,
+                 slice_axis: int | None = None, volume: int | None = None) -> Inspection:
     """Read a scan, resolve its preset and map it as training would (all checks included)."""
     scan = read_scan(path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
                      volume=volume)

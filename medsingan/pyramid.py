@@ -112,7 +112,9 @@ def build_image_pyramid(image: torch.Tensor,
                         shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """Resize ``image`` (``(B, C, H, W)``) to every shape, finest first.
 
-    Every scale is computed from ``image`` itself (not from the next finer scale), as in the
-    official code, so resizing errors do not accumulate down the pyramid.
+    Every scale is computed from ``image`` itself (not from the next finer scale), so
+    resizing errors do not accumulate down the pyramid. (The official code resizes from the
+    image already shrunk to the largest size and quantised to 8 bits; here no quantisation
+    is applied, which 16-bit scans need.)
     """
     return [resize(image, shape) for shape in shapes]

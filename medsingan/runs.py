@@ -57,7 +57,8 @@ def default_run_dir(scan_path: Path) -> Path:
 
 def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = "auto",
                window: str | None = None, frame: int | None = None,
-               slice_index: int | None = None, slice_axis: int = 2, volume: int | None = None,
+               slice_index: int | None = None, slice_axis: int | None = None,
+               volume: int | None = None,
                speed_preset: str = "fast", overrides: dict[str, Any] | None = None,
                resume: bool = False, overwrite: bool = False, progress: bool = True,
                last_scale: int = 0, label: str = "", split: str = "",

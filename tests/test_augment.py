@@ -135,9 +135,12 @@ def test_nifti_source_gives_nifti_samples_with_the_slice_geometry(tmp_path):
         assert path.name.endswith(".nii.gz")
         image = nib.load(path)
         assert image.shape[2] == 1 and image.get_data_dtype().name == source.get_data_dtype().name
-        # the slice sits where slice 12 of the source was
-        np.testing.assert_allclose(image.affine @ [0, 0, 0, 1], source.affine @ [0, 0, 12, 1],
-                                   atol=1e-4)
+        # the (smaller) slice covers slice 12 of the source: the grids' outer corners meet
+        np.testing.assert_allclose(image.affine @ [-0.5, -0.5, 0, 1],
+                                   source.affine @ [-0.5, -0.5, 12, 1], atol=1e-4)
+        far = [image.shape[0] - 0.5, image.shape[1] - 0.5, 0, 1]
+        np.testing.assert_allclose(image.affine @ far, source.affine @ [
+            source.shape[0] - 0.5, source.shape[1] - 0.5, 12, 1], atol=1e-4)
 
 
 def test_png16_source_gives_png16_samples(tmp_path):

@@ -44,12 +44,13 @@ def scan_format(path: str | os.PathLike[str]) -> str:
 
 
 def read_scan(path: str | os.PathLike[str], *, frame: int | None = None,
-              slice_index: int | None = None, slice_axis: int = 2,
+              slice_index: int | None = None, slice_axis: int | None = None,
               volume: int | None = None) -> Scan:
     """Read one 2D slice of a scan in physical units, display polarity, (rows, columns).
 
     ``frame`` picks a frame of a multi-frame DICOM; ``slice_index``/``slice_axis``/``volume``
-    pick a slice of a NIfTI volume. Raises :class:`ScanReadError` (or a subclass) with a
+    pick a slice of a NIfTI volume (``slice_axis`` default: the volume's only one-voxel axis,
+    else 2). Raises :class:`ScanReadError` (or a subclass) with a
     one-line message for anything that cannot be read, and :class:`InvalidImageError` for
     non-finite pixel values.
     """
@@ -63,8 +64,10 @@ def read_scan(path: str | os.PathLike[str], *, frame: int | None = None,
     kind = scan_format(path)
     if kind != "dicom" and frame is not None:
         raise ScanReadError(f"--frame applies to multi-frame DICOM only, not {kind}")
-    if kind != "nifti" and (slice_index is not None or volume is not None):
-        raise ScanReadError(f"--slice/--volume apply to NIfTI volumes only, not {kind}")
+    if kind != "nifti" and (slice_index is not None or volume is not None
+                            or slice_axis is not None):
+        raise ScanReadError(f"--slice/--slice-axis/--volume apply to NIfTI volumes only, "
+                            f"not {kind}")
     if kind == "dicom":
         scan = read_dicom(path, frame=frame)
     elif kind == "nifti":

@@ -63,6 +63,27 @@ def _first(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _nifti_affine(ds: Dataset, spacing: tuple[float, float] | None) -> list[list[float]] | None:
+    """The NIfTI (RAS+) affine of the slice, voxel axes (row, column, normal), from the image
+    plane's position and orientation; ``None`` when the file does not give them."""
+    try:
+        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
+        cosines = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if position.shape != (3,) or cosines.shape != (6,) or spacing is None:
+        return None
+    along_row, along_column = cosines[:3], cosines[3:]  # directions of columns, rows growing
+    thickness = float(ds.get("SliceThickness") or 1.0) or 1.0
+    affine = np.eye(4)
+    affine[:3, 0] = along_column * spacing[0]
+    affine[:3, 1] = along_row * spacing[1]
+    affine[:3, 2] = np.cross(along_row, along_column) * thickness
+    affine[:3, 3] = position
+    affine[:2] *= -1.0  # DICOM's LPS+ to NIfTI's RAS+
+    return affine.tolist()
+
+
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in ds and ds[keyword].value:
@@ -178,6 +199,7 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
         modality=modality,
         body_part=str(ds.get("BodyPartExamined", "")) or None,
         pixel_spacing=_pixel_spacing(ds),
+        affine=_nifti_affine(ds, _pixel_spacing(ds)),
         bits_stored=bits_stored,
         signed=signed,
         storage_dtype=f"{'int' if signed else 'uint'}{min(max(bits_allocated, 8), 32)}",

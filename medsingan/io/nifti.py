@@ -26,13 +26,15 @@ def _load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return np.asarray(data, dtype=np.float32), header_image
 
 
-def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int = 2,
+def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | None = None,
                volume: int | None = None) -> Scan:
     """Read one 2D slice of a 2D/3D/4D NIfTI file.
 
-    The slice is taken along ``slice_axis`` (0, 1 or 2) at ``slice_index`` (default: the
-    middle slice, with a note). A 4D file needs ``volume`` unless it holds a single volume.
-    The returned image keeps the voxel array's axis order: rows are the first remaining axis.
+    The slice is taken along ``slice_axis`` (0, 1 or 2; default: the volume's only axis of
+    one voxel, as in a derived slice, else 2) at ``slice_index`` (default: the middle slice,
+    with a note). A 4D file needs ``volume`` unless it holds a single volume.
+    The image is turned to the orientation viewers show (:func:`display_transform`); the
+    metadata records how, and :func:`write_nifti` turns a derived image back.
     """
     data, header_image = _load_volume(path)
     notes: list[str] = []
@@ -53,6 +55,9 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int = 
         data = data[:, :, None]
     if data.ndim != 3:
         raise ScanReadError(f"{path.name} has {data.ndim} dimensions; expected 2, 3 or 4")
+    if slice_axis is None:
+        single = [axis for axis in range(3) if data.shape[axis] == 1]
+        slice_axis = single[0] if len(single) == 1 else 2
     if slice_axis not in (0, 1, 2):
         raise ScanReadError(f"--slice-axis must be 0, 1 or 2, not {slice_axis}")
     depth = data.shape[slice_axis]
@@ -65,11 +70,16 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int = 
         raise ScanReadError(f"slice {slice_index} is out of range: {path.name} has {depth} "
                             f"slice(s) along axis {slice_axis} (0..{depth - 1})")
     image = np.take(data, slice_index, axis=slice_axis)
+    affine = np.asarray(header_image.affine, dtype=float)
+    transform = display_transform(affine, slice_axis)
+    image = _to_display(image, transform)
     header = header_image.header
     zooms = [float(z) for z in header.get_zooms()[:3]]
     while len(zooms) < 3:
         zooms.append(1.0)
     in_plane = [z for axis, z in enumerate(zooms) if axis != slice_axis]
+    if transform[0]:
+        in_plane.reverse()
     dtype = np.dtype(header.get_data_dtype()).newbyteorder("=")
     # nibabel moves the header's scl_slope/scl_inter into the array proxy on load
     slope = float(getattr(header_image.dataobj, "slope", 1.0))
@@ -92,25 +102,78 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int = 
         slice_axis=slice_axis,
         slice_index=slice_index,
         volume=volume,
-        affine=np.asarray(header_image.affine, dtype=float).tolist(),
+        affine=affine.tolist(),
+        display_transform=transform,
         notes=notes,
     )
     return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
 
 
+def display_transform(affine: np.ndarray, slice_axis: int) -> tuple[bool, bool, bool]:
+    """How to turn a voxel slice (rows = the first in-plane voxel axis) into the orientation
+    viewers show: ``(transpose, flip rows, flip columns)``.
+
+    From the affine (RAS+ world): an axial slice shows anterior at the top and the patient's
+    right on the left (radiological convention), a coronal one superior at the top and the
+    right on the left, a sagittal one superior at the top and anterior on the left.
+
+    >>> display_transform(np.eye(4), 2)  # voxel x, y = right, anterior: rows must be y
+    (True, True, True)
+    """
+    in_plane = [axis for axis in range(3) if axis != slice_axis]
+    directions = np.asarray(affine, dtype=float)[:3, :3]
+    world = [int(np.argmax(np.abs(directions[:, axis]))) for axis in (*in_plane, slice_axis)]
+    if len(set(world)) < 3:  # degenerate (e.g. a zero column): keep the voxel order
+        return (False, False, False)
+    normal = world[2]
+    vertical = 1 if normal == 2 else 2       # axial: anterior-posterior; else superior-inferior
+    horizontal = 1 if normal == 0 else 0     # sagittal: anterior-posterior; else left-right
+    transpose = world[0] != vertical
+    row_axis, column_axis = (in_plane[1], in_plane[0]) if transpose else in_plane
+    # world coordinates must decrease down the rows and along the columns
+    flip_rows = directions[vertical, row_axis] > 0
+    flip_columns = directions[horizontal, column_axis] > 0
+    return (bool(transpose), bool(flip_rows), bool(flip_columns))
+
+
+def _to_display(image: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
+    transpose, flip_rows, flip_columns = transform
+    image = image.T if transpose else image
+    image = image[::-1] if flip_rows else image
+    return image[:, ::-1] if flip_columns else image
+
+
+def _to_voxels(image: np.ndarray, transform: tuple[bool, bool, bool] | None) -> np.ndarray:
+    if transform is None:
+        return image
+    transpose, flip_rows, flip_columns = transform
+    image = image[:, ::-1] if flip_columns else image
+    image = image[::-1] if flip_rows else image
+    return image.T if transpose else image
+
+
 def slice_affine(meta: ScanMetadata, shape: tuple[int, int]) -> np.ndarray:
-    """The affine of a one-slice volume at the source slice position, for an image of
-    ``shape`` (voxel size scaled when the in-plane size differs from the source)."""
-    affine = np.asarray(meta.affine if meta.affine is not None else np.eye(4), dtype=float)
+    """The affine of a one-slice volume at the source slice position, for a voxel-order
+    image of ``shape``: when the in-plane size differs from the source's, the voxels are
+    scaled and the origin moved so that the new grid covers the source slice exactly."""
+    if meta.affine is not None:
+        affine = np.asarray(meta.affine, dtype=float)
+    else:  # a DICOM without position or a raster: its pixel spacing at least
+        affine = np.diag([*(meta.pixel_spacing or (1.0, 1.0)), 1.0, 1.0])
     axis = meta.slice_axis if meta.slice_axis is not None else 2
     offset = np.zeros(4)
     offset[3] = 1.0
     offset[axis] = float(meta.slice_index or 0)
     result = affine.copy()
-    result[:, 3] = affine @ offset
     in_plane = [a for a in range(3) if a != axis]
-    for source_size, size, column in zip((meta.rows, meta.columns), shape, in_plane, strict=True):
-        result[:3, column] = affine[:3, column] * source_size / size
+    source_shape = (meta.rows, meta.columns)
+    if meta.display_transform is not None and meta.display_transform[0]:
+        source_shape = (meta.columns, meta.rows)
+    for source_size, size, column in zip(source_shape, shape, in_plane, strict=True):
+        factor = source_size / size
+        result[:3, column] = affine[:3, column] * factor
+        offset[column] = (factor - 1.0) / 2.0  # centre of new voxel 0, in source voxels
+    result[:, 3] = affine @ offset
     return result
 
 
@@ -118,6 +181,7 @@ def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path) -> Path:
     """Write a 2D slice as a one-slice NIfTI volume with the source's affine, dtype and
     scaling (integers clipped to the source dtype's range)."""
     axis = like.slice_axis if like.slice_axis is not None else 2
+    image = _to_voxels(image, like.display_transform)
     volume = np.expand_dims(image.astype(np.float64), axis)
     dtype = np.dtype(like.storage_dtype)
     stored = (volume - like.rescale_intercept) / like.rescale_slope

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from medsingan.errors import ScanReadError, ScanWriteError
+from medsingan.errors import ScanReadError, ScanWriteError, UnsupportedScanError
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.monai_loader import load_pixels
 from medsingan.io.scan import Scan, ScanMetadata
@@ -25,25 +25,81 @@ def _load_pixels(path: Path) -> np.ndarray:
     return load_pixels(path, PILReader(reverse_indexing=False))
 
 
+_REFUSED_MODES = {
+    "1": "a 1-bit (black and white) image has no grey levels to learn from",
+    "F": "32-bit floating-point rasters are not read; save the scan as NIfTI or as 16-bit "
+         "PNG/TIFF",
+    "CMYK": "CMYK (print) colour is not a scan's colour space; convert it to grayscale",
+    "LAB": "Lab colour is not supported; convert it to grayscale",
+    "HSV": "HSV colour is not supported; convert it to grayscale",
+}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _png_colour_depth(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR chunk, which Pillow does not report."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return head[24], head[25]
+    return None
+
+
+def _decode(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
+    """Pixels (rows, columns[, channels]) and the Pillow mode; refuses what would read as
+    something other than the image (palette indices, wrapped or truncated values)."""
+    depth = _png_colour_depth(path)
+    if depth is not None and depth[0] == 16 and depth[1] in (2, 4, 6):
+        raise UnsupportedScanError(f"{path.name} is 16-bit colour, which the PNG reader cuts "
+                                   "to 8 bits; save it as 16-bit grayscale")
+    with Image.open(path) as handle:
+        handle.verify()
+    with Image.open(path) as handle:
+        mode = handle.mode
+        orientation = handle.getexif().get(_EXIF_ORIENTATION, 1)
+    if mode in _REFUSED_MODES:
+        raise UnsupportedScanError(f"{path.name}: {_REFUSED_MODES[mode]}")
+    if mode in ("P", "PA") or orientation not in (1, None):
+        with Image.open(path) as handle:  # palette colours, or the orientation viewers show
+            image = ImageOps.exif_transpose(handle)
+            image = image.convert("RGBA" if "A" in mode or "transparency" in handle.info
+                                  else "RGB")
+        if orientation not in (1, None):
+            notes.append(f"EXIF orientation {orientation} applied, as viewers show it")
+        return np.asarray(image), mode
+    return _load_pixels(path), mode
+
+
 def read_raster(path: Path) -> Scan:
-    """Read a PNG/TIFF/JPEG file as a grayscale scan in its stored values."""
+    """Read a PNG/TIFF/JPEG file as a grayscale scan in its stored values.
+
+    Colour images are converted to grayscale (BT.601 luma) with a note, palette images through
+    their palette, opaque alpha is dropped; transparency, 1-bit, floating-point, CMYK and
+    16-bit colour images are refused with :class:`UnsupportedScanError`.
+    """
+    notes: list[str] = []
     try:
-        with Image.open(path) as handle:
-            mode = handle.mode
-            handle.verify()
-        pixels = _load_pixels(path)
+        pixels, mode = _decode(path, notes)
+    except UnsupportedScanError:
+        raise
     except Exception as exc:
         raise ScanReadError(f"{path.name} is not a readable image ({exc})") from exc
-    notes: list[str] = []
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        alpha = pixels[..., -1]
+        if alpha.min() != alpha.max() or alpha.max() == 0:
+            raise UnsupportedScanError(f"{path.name} has transparent pixels; a scan has none: "
+                                       "flatten it onto a background first")
+        pixels = pixels[..., :-1] if pixels.shape[2] == 4 else pixels[..., 0]
+        notes.append(f"{mode} image: the (opaque) alpha channel was dropped")
+    if mode == "I" and (pixels.min(initial=0) < 0 or pixels.max(initial=0) > 65535):
+        raise UnsupportedScanError(f"{path.name} is a 32-bit integer image with values outside "
+                                   "0..65535; save it as NIfTI or 16-bit")
     if pixels.ndim == 3:
         channels = pixels.shape[2]
-        if channels in (3, 4):
-            pixels = pixels[..., :3].astype(np.float32) @ _LUMA
-            notes.append(f"{mode} image converted to grayscale (ITU-R BT.601 luma)")
-        elif channels == 2:  # grayscale + alpha
-            pixels = pixels[..., 0]
-        else:
-            raise ScanReadError(f"{path.name} has {channels} channels; expected 1, 3 or 4")
+        if channels != 3:
+            raise ScanReadError(f"{path.name} has {channels} channels; expected 1 or 3")
+        pixels = pixels.astype(np.float32) @ _LUMA
+        notes.append(f"{mode} image converted to grayscale (ITU-R BT.601 luma)")
     if pixels.ndim != 2:
         raise ScanReadError(f"{path.name} has shape {pixels.shape}; expected a 2D image")
     sixteen = mode.startswith("I;16") or mode in ("I", "I;16B") or pixels.max(initial=0) > 255

@@ -40,6 +40,9 @@ class ScanMetadata:
     slice_index: int | None = None
     volume: int | None = None
     affine: list[list[float]] | None = None
+    # NIfTI: how the voxel slice was turned into display orientation (transposed, rows
+    # flipped, columns flipped), undone on write
+    display_transform: tuple[bool, bool, bool] | None = None
     dicom_header: dict[str, Any] | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
 
@@ -84,8 +87,9 @@ class ScanMetadata:
     def from_dict(cls, data: dict[str, Any]) -> ScanMetadata:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
-        if data.get("pixel_spacing") is not None:
-            data["pixel_spacing"] = tuple(data["pixel_spacing"])
+        for key in ("pixel_spacing", "display_transform"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 

@@ -71,7 +71,8 @@ class ConvBlock(nn.Sequential):
 
 @torch.no_grad()
 def init_weights(module: nn.Module, generator: torch.Generator | None = None) -> None:
-    """SinGAN's initialisation: conv weights ~ N(0, 0.02), norm scale ~ N(1, 0.02), biases 0.
+    """SinGAN's initialisation: conv weights ~ N(0, 0.02), norm scale ~ N(1, 0.02); biases 0
+    (the official code leaves conv biases at PyTorch's default uniform draw).
 
     ``generator`` makes the initialisation reproducible without touching the global RNG.
     """

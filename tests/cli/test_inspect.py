@@ -68,7 +68,8 @@ def test_inspect_nifti_slice(tmp_path):
     result = run_cli("inspect", nifti_file("example4d.nii.gz"), "--volume", "0", "--slice", "5",
                      "--modality", "mri")
     assert result.returncode == 0, result.stderr
-    assert "128 x 96 px" in result.stdout and "preset      mri" in result.stdout
+    # shown as viewers show it (radiological orientation), not in voxel storage order
+    assert "96 x 128 px" in result.stdout and "preset      mri" in result.stdout
 
 
 def _file(name: str, content: bytes):

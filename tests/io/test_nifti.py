@@ -11,15 +11,66 @@ from medsingan.io import read_scan, write_scan
 from tests.conftest import nifti_file
 
 
+def _display(voxels: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
+    transpose, flip_rows, flip_columns = transform
+    image = voxels.T if transpose else voxels
+    image = image[::-1] if flip_rows else image
+    return image[:, ::-1] if flip_columns else image
+
+
+def _volume(path, data: np.ndarray, affine: np.ndarray):
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+    return path
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_are_shown_as_viewers_show_them_whatever_the_storage_order(tmp_path, axis):
+    """Radiological display: superior (sagittal/coronal) or anterior (axial) at the top,
+    the patient's right (or, sagittal, anterior) on the left; the same anatomy stored RAS,
+    LPS or with permuted axes gives the same image."""
+    ras = np.random.default_rng(0).random((6, 7, 5))
+    expected = np.take(ras, 2, axis=axis).T[::-1, ::-1]  # RAS+: world decreasing on screen
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps[:2, 3] = [5, 6]
+    permuted = np.zeros((4, 4))
+    permuted[0, 1] = permuted[1, 0] = permuted[2, 2] = permuted[3, 3] = 1.0
+    stored = {
+        "ras": (ras, np.eye(4)),
+        "lps": (ras[::-1, ::-1], lps),
+        "yxz": (ras.transpose(1, 0, 2), permuted),
+    }
+    for name, (data, affine) in stored.items():
+        storage_axis = {0: 1, 1: 0}.get(axis, axis) if name == "yxz" else axis
+        # LPS stores x and y reversed: the same slice has the mirrored index
+        index = ras.shape[axis] - 1 - 2 if name == "lps" and axis < 2 else 2
+        scan = read_scan(_volume(tmp_path / f"{name}.nii.gz", data, affine), slice_index=index,
+                         slice_axis=storage_axis)
+        np.testing.assert_allclose(scan.image, expected, err_msg=name)
+        back = read_scan(write_scan(scan.image, scan.meta, tmp_path / f"{name}_out.nii.gz"))
+        np.testing.assert_allclose(back.image, expected, atol=1e-5, err_msg=name)
+
+
+def test_a_resized_slice_covers_the_source_slice_exactly(tmp_path):
+    source = read_scan(nifti_file("anatomical.nii"), slice_index=7)
+    doubled = np.kron(source.image, np.ones((2, 2), dtype=np.float32))
+    written = nib.load(write_scan(doubled, source.meta, tmp_path / "x2.nii.gz"))
+    # the four new voxels over source voxel (0, 0) are centred on it
+    np.testing.assert_allclose(written.affine @ [0.5, 0.5, 0, 1],
+                               np.asarray(source.meta.affine) @ [0, 0, 7, 1], atol=1e-5)
+
+
 def test_big_endian_3d_default_slice_is_the_middle_one():
     path = nifti_file("anatomical.nii")
     volume = nib.load(path)
     assert volume.header.endianness == ">"
     scan = read_scan(path)
-    np.testing.assert_allclose(scan.image, volume.get_fdata()[:, :, 12])
-    assert scan.shape == (33, 41)
+    voxels = volume.get_fdata()[:, :, 12]
+    np.testing.assert_allclose(scan.image, _display(voxels, scan.meta.display_transform))
     assert scan.meta.slice_index == 12 and scan.meta.notes
-    assert scan.meta.pixel_spacing == pytest.approx(volume.header.get_zooms()[:2])
+    spacing = volume.header.get_zooms()[:2]
+    if scan.meta.display_transform[0]:
+        spacing = spacing[::-1]
+    assert scan.meta.pixel_spacing == pytest.approx(spacing)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -27,7 +78,8 @@ def test_slice_along_any_axis(axis):
     path = nifti_file("anatomical.nii")
     data = nib.load(path).get_fdata()
     scan = read_scan(path, slice_index=4, slice_axis=axis)
-    np.testing.assert_allclose(scan.image, np.take(data, 4, axis=axis))
+    np.testing.assert_allclose(scan.image, _display(np.take(data, 4, axis=axis),
+                                                    scan.meta.display_transform))
 
 
 def test_4d_needs_a_volume_choice():
@@ -36,8 +88,9 @@ def test_4d_needs_a_volume_choice():
         read_scan(path)
     data = nib.load(path).get_fdata()
     scan = read_scan(path, volume=1, slice_index=10)
-    np.testing.assert_allclose(scan.image, data[:, :, 10, 1])
-    assert scan.shape == (128, 96)
+    np.testing.assert_allclose(scan.image, _display(data[:, :, 10, 1],
+                                                    scan.meta.display_transform))
+    assert sorted(scan.shape) == [96, 128]
     with pytest.raises(ScanReadError, match="volume"):
         read_scan(path, volume=2)
 
@@ -61,9 +114,13 @@ def test_nifti_round_trip_keeps_values_and_world_position(tmp_path, name, kwargs
     source = read_scan(nifti_file(name), **kwargs)
     out = write_scan(source.image, source.meta, tmp_path / "derived.nii.gz")
     written = nib.load(out)
-    assert written.shape == (*source.shape, 1)
+    voxels = nib.load(nifti_file(name)).get_fdata()
+    voxels = voxels[:, :, kwargs["slice_index"]] if voxels.ndim == 3 else \
+        voxels[:, :, kwargs["slice_index"], kwargs["volume"]]
+    assert written.shape == (*voxels.shape, 1)
     assert written.get_data_dtype() == np.dtype(source.meta.storage_dtype)
-    np.testing.assert_allclose(written.get_fdata()[:, :, 0], source.image, atol=0.5)
+    # back in the source's voxel order
+    np.testing.assert_allclose(written.get_fdata()[:, :, 0], voxels, atol=0.5)
     # voxel (i, j, 0) of the derived slice sits where voxel (i, j, k) of the source did
     src_affine = np.asarray(source.meta.affine)
     np.testing.assert_allclose(written.affine @ [3, 5, 0, 1],
@@ -72,3 +129,22 @@ def test_nifti_round_trip_keeps_values_and_world_position(tmp_path, name, kwargs
                                nib.load(nifti_file(name)).header.get_zooms()[:2])
     back = read_scan(out)
     np.testing.assert_allclose(back.image, source.image, atol=0.5)
+
+
+def test_a_dicom_slice_written_as_nifti_keeps_its_place_in_the_patient(tmp_path):
+    import pydicom
+
+    from tests.conftest import dicom_file
+
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"), stop_before_pixels=True)
+    source = read_scan(dicom_file("CT_small.dcm"))
+    written = nib.load(write_scan(source.image, source.meta, tmp_path / "ct.nii.gz"))
+    row, column = 10, 20
+    lps = (np.array(ds.ImagePositionPatient, float)
+           + column * float(ds.PixelSpacing[1]) * np.array(ds.ImageOrientationPatient[:3], float)
+           + row * float(ds.PixelSpacing[0]) * np.array(ds.ImageOrientationPatient[3:], float))
+    ras = lps * [-1, -1, 1]
+    np.testing.assert_allclose((written.affine @ [row, column, 0, 1])[:3], ras, atol=1e-4)
+    np.testing.assert_allclose(written.header.get_zooms()[:2],
+                               [float(v) for v in ds.PixelSpacing], rtol=1e-5)
+    np.testing.assert_allclose(written.get_fdata()[:, :, 0], source.image, atol=0.5)

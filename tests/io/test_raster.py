@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from medsingan.errors import ScanReadError
+from medsingan.errors import ScanReadError, UnsupportedScanError
 from medsingan.io import read_scan, write_scan
 from tests.conftest import dicom_file
 
@@ -63,3 +65,59 @@ def test_dicom_source_written_as_png_keeps_stored_values(tmp_path):
         values = np.asarray(written)
     assert values.dtype == np.uint16
     np.testing.assert_array_equal(values, scan.meta.to_stored(scan.image[::8, ::8]))
+
+
+@pytest.fixture
+def gray() -> np.ndarray:
+    return (np.arange(30 * 50).reshape(30, 50) * 7 % 256).astype(np.uint8)
+
+
+def test_palette_images_are_read_through_their_palette(tmp_path, gray):
+    Image.fromarray(gray).convert("P").save(tmp_path / "p.png")  # greyscale palette
+    np.testing.assert_allclose(read_scan(tmp_path / "p.png").image, gray, atol=0.6)
+
+
+def test_opaque_alpha_is_dropped_and_transparency_refused(tmp_path, gray):
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    scan = read_scan(tmp_path / "opaque.png")
+    np.testing.assert_allclose(scan.image, gray, atol=0.6)
+    assert any("alpha" in note for note in scan.meta.notes)
+    rgba[:5, :5, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "holes.png")
+    with pytest.raises(UnsupportedScanError, match="transparent"):
+        read_scan(tmp_path / "holes.png")
+
+
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path, gray):
+    image = Image.fromarray(gray)
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    scan = read_scan(tmp_path / "rotated.jpg")
+    assert scan.shape == (50, 30)
+    np.testing.assert_allclose(scan.image, np.rot90(gray, k=-1), atol=12)
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (lambda g: Image.fromarray(g > 128), "1-bit"),
+    (lambda g: Image.fromarray(g.astype(np.float32) / 255), "floating-point"),
+    (lambda g: Image.fromarray(g.astype(np.int32) * 1000), "outside 0..65535"),
+    (lambda g: Image.fromarray(g).convert("CMYK"), "CMYK"),
+])
+def test_rasters_that_would_read_as_something_else_are_refused(tmp_path, gray, make, fragment):
+    path = tmp_path / ("x.jpg" if fragment == "CMYK" else "x.tiff")
+    make(gray).save(path)
+    with pytest.raises(UnsupportedScanError, match=fragment):
+        read_scan(path)
+
+
+def test_16_bit_colour_png_is_refused(tmp_path, gray):
+    # Pillow cannot write 16-bit RGB: build the IHDR of one by hand on an 8-bit RGB file
+    Image.fromarray(np.dstack([gray] * 3)).save(tmp_path / "rgb.png")
+    data = bytearray((tmp_path / "rgb.png").read_bytes())
+    data[24] = 16
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    (tmp_path / "rgb16.png").write_bytes(bytes(data))
+    with pytest.raises(UnsupportedScanError, match="16-bit colour"):
+        read_scan(tmp_path / "rgb16.png")
