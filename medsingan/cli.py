@@ -96,6 +96,8 @@ def inspect(
     """Show what the reader and the modality preset make of a scan."""
     from medsingan.inspection import describe, inspect_scan, write_preview
 
+    if preview_max_size is not None and preview is None:
+        raise MedsinganError("--preview-max-size needs --preview FILE.png")
     if preview is not None and preview.suffix.lower() != ".png":
         raise MedsinganError(f"--preview must name a .png file, not '{preview.name}'")
     result = inspect_scan(scan, modality=modality.value, window=window, frame=frame,

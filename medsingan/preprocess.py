@@ -89,7 +89,7 @@ def check_trainable(image: np.ndarray, *, min_size: int, name: str = "image") ->
     if min(image.shape) < min_size:
         raise InvalidImageError(
             f"{name} is {image.shape[0]}x{image.shape[1]} px, smaller than the coarsest pyramid "
-            f"size {min_size} px; use a larger image or lower --min-size")
+            f"size {min_size} px; use a larger image or train with a lower --min-size")
 
 
 def prepare_scan(scan: Scan, preset: Preset, *, window: str | None = None,

@@ -117,6 +117,7 @@ def _truncated(folder: Path) -> Path:
     (lambda d: dicom_file("CT_small.dcm"), ["--window", "brain"], ["unknown CT window"]),
     (lambda d: dicom_file("MR_small.dcm"), ["--window", "lung"], ["ct preset only"]),
     (lambda d: dicom_file("CT_small.dcm"), ["--modality", "pet"], ["Invalid value"]),
+    (lambda d: dicom_file("CT_small.dcm"), ["--slice-axis", "1"], ["NIfTI volumes only"]),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, make, args, fragments):
     source = make(tmp_path)
@@ -147,3 +148,8 @@ def test_help_keeps_the_defaults_written_in_help_texts(command, default):
     result = run_cli(command, "--help", env={"COLUMNS": "400"})
     assert result.returncode == 0
     assert default in " ".join(result.stdout.split())
+
+
+def test_an_option_that_would_be_ignored_is_refused():
+    result = run_cli("inspect", dicom_file("CT_small.dcm"), "--preview-max-size", "64")
+    assert_one_line_error(result, "--preview")
