@@ -182,13 +182,15 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur cut at ``ceil(3 sigma)`` px, zero outside the image."""
+    """Separable Gaussian blur cut at ``ceil(3 sigma)`` px; the edge pixels are repeated
+    outside the image, so a mask touching the border keeps its full weight there."""
     radius = math.ceil(3 * sigma)
     steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(steps**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).to(image)
-    blurred = F.conv2d(image, kernel.view(1, 1, 1, -1), padding=(0, radius))
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))
 
 
 def blend_mask(mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -508,12 +510,25 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
                               grid=grid, inject_scale=start_scale, images=images)
 
 
+def _inject_scale(text: str | int, pyramid: TrainedPyramid) -> int:
+    """``--inject-scale`` in 0..N-1: the coarsest generator makes images from noise alone (it
+    never saw an input image), so nothing can be injected there (as in the official code)."""
+    scale = parse_scale(text, pyramid.coarsest, "--inject-scale")
+    if scale == pyramid.coarsest and pyramid.coarsest > 0:
+        raise ConfigError(f"--inject-scale {text} is the coarsest scale, which generates from "
+                          "noise alone; inject at N-1 or finer")
+    return scale
+
+
 def _edit(request: EditRequest, mode: str) -> ManipulationResult:
     run = _open_run(request)
     insertion = _insertion(request, run)
     pyramid = run.pyramid
     scale = (default_inject_scale(pyramid, insertion.box) if request.inject_scale is None
-             else parse_scale(request.inject_scale, pyramid.coarsest, "--inject-scale"))
+             else _inject_scale(request.inject_scale, pyramid))
+    if request.label is None:
+        raise ConfigError(f"{mode} inserts a finding: name it with --label (e.g. fracture); "
+                          f"the source's label would no longer describe the image")
     _targets(request, run, mode, with_mask=True)  # fail before any work
     indices = list(range(request.n))
     generated = inject(pyramid, insertion.composite, scale, request.seed, indices)
@@ -549,7 +564,7 @@ def paint(request: PaintRequest) -> ManipulationResult:
     if request.paint is None:
         raise ConfigError("paint needs --paint FILE (a coarse drawing of the scan)")
     pyramid = run.pyramid
-    scale = parse_scale(request.inject_scale, pyramid.coarsest, "--inject-scale")
+    scale = _inject_scale(request.inject_scale, pyramid)
     painting = _read_unit(request.paint, run, request.intensity, "the painting")
     _check_aspect(tuple(painting.shape[-2:]), pyramid.shapes[0], "the painting")
     _targets(request, run, "paint", with_mask=False)

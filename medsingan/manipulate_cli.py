@@ -48,7 +48,7 @@ MaskOpt = Annotated[Path | None, typer.Option(
     "--mask", exists=True, dir_okay=False, help="Mask of the composite's size, non-zero where "
     "it was edited.", show_default=False)]
 InjectOpt = Annotated[str | None, typer.Option(
-    "--inject-scale", help="Scale the composite is injected at: N (coarsest), N-k or an index "
+    "--inject-scale", help="Scale the composite is injected at: N-k (k >= 1) or an index "
     "(0 = finest) [default: the coarsest scale where the edited box still spans 5 px, "
     "within 1..N-1].", show_default=False)]
 
@@ -114,8 +114,8 @@ def register(app: typer.Typer) -> None:
             "--paint", exists=True, dir_okay=False, help="A coarse drawing of the scan (its "
             "aspect ratio, any size).", show_default=False)],
         inject_scale: Annotated[str, typer.Option(
-            "--inject-scale", help="Scale the drawing is injected at: N, N-k or an index "
-            "(0 = finest); coarser keeps less of the drawing.")] = "N-1",
+            "--inject-scale", help="Scale the drawing is injected at: N-k (k >= 1) or an "
+            "index (0 = finest); coarser keeps less of the drawing.")] = "N-1",
         n: NOpt = 1,
         seed: SeedOpt = 0,
         out: OutOpt = None,

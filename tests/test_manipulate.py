@@ -97,7 +97,7 @@ def far_from(mask: np.ndarray, margin: int) -> np.ndarray:
 
 
 def request(run_dir: Path, folder: Path, kind=EditRequest, **kwargs):
-    defaults = {"out": folder / "out", "manifest": folder / "manifest.csv"}
+    defaults = {"out": folder / "out", "manifest": folder / "manifest.csv", "label": "lesion"}
     return kind(run_dir=run_dir, **{**defaults, **kwargs})
 
 
@@ -295,3 +295,21 @@ def test_existing_outputs_are_kept_unless_overwrite(hand_run, tmp_path):
                                   overwrite=True))
     assert again.written == first.written
     assert np.array_equal(read_scan(first.written[0]).image, read_scan(again.written[0]).image)
+
+
+def test_an_edit_must_name_its_finding_and_cannot_inject_at_the_coarsest_scale(hand_run,
+                                                                                tmp_path):
+    lesion = lesion_png(tmp_path, hand_run)
+    with pytest.raises(ConfigError, match="--label"):
+        edit(request(hand_run, tmp_path, lesion=lesion, at="18,16", label=None))
+    with pytest.raises(ConfigError, match="coarsest scale"):
+        edit(request(hand_run, tmp_path, lesion=lesion, at="18,16", inject_scale="N"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "manifest.csv").exists()
+
+
+def test_a_mask_on_the_border_keeps_its_full_weight_there():
+    mask = torch.zeros(1, 1, 60, 60)
+    mask[..., 20:40, :12] = 1.0  # touches column 0
+    weight = blend_mask(mask, "edit")
+    at_border, inside = float(weight[0, 0, 30, 0]), float(weight[0, 0, 30, 6])
+    assert at_border == pytest.approx(inside, abs=1e-3) and at_border > 0.99

@@ -48,7 +48,8 @@ def test_harmonize_paint_and_super_resolve_write_what_they_claim(hand_run, tmp_p
     mask = mask_png(tmp_path / "mask.png", box)
     manifest = tmp_path / "cohort.csv"
     commands = {
-        "harmonize": ["--composite", composite, "--mask", mask, "--intensity", "display"],
+        "harmonize": ["--composite", composite, "--mask", mask, "--intensity", "display",
+                      "--label", "nodule"],
         "paint": ["--paint", composite, "--intensity", "display", "--inject-scale", "N-1"],
         "super-resolve": ["--factor", "2"],
     }
@@ -83,7 +84,7 @@ def test_bad_edit_input_is_one_line_exit_2_and_writes_nothing(hand_run, tmp_path
     else:
         options = [*options, "--manifest", "cohort.csv"]
     result = run_cli("edit", hand_run, *options, "--intensity", "display", "--out", "out",
-                     cwd=tmp_path)
+                     "--label", "fracture", cwd=tmp_path)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "cohort.csv").exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
