@@ -104,6 +104,8 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
         volume=volume,
         affine=affine.tolist(),
         display_transform=transform,
+        nifti_space=(str(header.get_xyzt_units()[0]), int(header["qform_code"]),
+                     int(header["sform_code"])),
         notes=notes,
     )
     return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
@@ -190,9 +192,11 @@ def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path) -> Path:
         stored = np.clip(np.rint(stored), info.min, info.max)
     out = nib.Nifti1Image(stored.astype(dtype), slice_affine(like, image.shape))
     out.header.set_slope_inter(like.rescale_slope, like.rescale_intercept)
-    out.header.set_xyzt_units("mm")
-    out.set_qform(out.affine, code=1)
-    out.set_sform(out.affine, code=1)
+    unit, qform_code, sform_code = like.nifti_space or ("mm", 1, 1)
+    # the source's spatial unit and what its affine refers to (scanner, aligned, MNI, ...)
+    out.header.set_xyzt_units(unit if unit != "unknown" else "mm")
+    out.set_qform(out.affine, code=qform_code or 1)
+    out.set_sform(out.affine, code=sform_code or 1)
     try:
         with atomic_path(path) as tmp:
             nib.save(out, str(tmp))

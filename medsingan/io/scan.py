@@ -43,6 +43,8 @@ class ScanMetadata:
     # NIfTI: how the voxel slice was turned into display orientation (transposed, rows
     # flipped, columns flipped), undone on write
     display_transform: tuple[bool, bool, bool] | None = None
+    # NIfTI: spatial unit and the qform/sform codes (what the affine refers to), kept on write
+    nifti_space: tuple[str, int, int] | None = None
     dicom_header: dict[str, Any] | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
 
@@ -87,7 +89,7 @@ class ScanMetadata:
     def from_dict(cls, data: dict[str, Any]) -> ScanMetadata:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
-        for key in ("pixel_spacing", "display_transform"):
+        for key in ("pixel_spacing", "display_transform", "nifti_space"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)

@@ -148,3 +148,15 @@ def test_a_dicom_slice_written_as_nifti_keeps_its_place_in_the_patient(tmp_path)
     np.testing.assert_allclose(written.header.get_zooms()[:2],
                                [float(v) for v in ds.PixelSpacing], rtol=1e-5)
     np.testing.assert_allclose(written.get_fdata()[:, :, 0], source.image, atol=0.5)
+
+
+def test_units_and_the_space_the_affine_refers_to_are_kept(tmp_path):
+    image = nib.Nifti1Image(np.random.default_rng(1).random((20, 30, 3)).astype(np.float32),
+                            np.diag([0.5, 0.5, 2.0, 1.0]))
+    image.header.set_xyzt_units("micron")
+    image.set_sform(image.affine, code=4)  # MNI space
+    nib.save(image, str(tmp_path / "mni.nii.gz"))
+    scan = read_scan(tmp_path / "mni.nii.gz", slice_index=1)
+    written = nib.load(write_scan(scan.image, scan.meta, tmp_path / "out.nii.gz"))
+    assert written.header.get_xyzt_units()[0] == "micron"
+    assert int(written.header["sform_code"]) == 4
