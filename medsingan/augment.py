@@ -179,6 +179,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
     device = resolve_device(request.device)
     # fail fast, before any work: weights for SIFID, the run, the output format
     weights = find_inception_weights(request.inception_weights) if request.sifid else None
+    scorer = SifidScorer(weights, device=device) if weights is not None else None
     pyramid, extra = load_complete_run(request.run_dir)
     start = parse_scale(request.start_scale, pyramid.coarsest)
     shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
@@ -218,7 +219,6 @@ def augment(request: AugmentRequest) -> AugmentResult:
     todo = [i for i in range(request.n) if i not in done]
     pyramid.to(device)
     real = pyramid.reals[0]
-    scorer = SifidScorer(weights, device=device) if weights is not None else None
     swd_scorer = PatchSWDScorer(real, shapes[0])
     # one DICOM study and series per cohort, the same when an interrupted cohort is completed
     series = DerivedSeries.for_key(json.dumps({"run": run_name, **settings}, sort_keys=True))

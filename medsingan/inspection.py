@@ -78,7 +78,8 @@ def describe(inspection: Inspection) -> list[str]:
     spacing = (f", spacing {meta.pixel_spacing[0]:.4g} x {meta.pixel_spacing[1]:.4g} mm"
                if meta.pixel_spacing else ", spacing unknown")
     lines.append(f"size        {meta.rows} x {meta.columns} px (rows x columns){spacing}")
-    sign = "signed" if meta.signed else "unsigned"
+    sign = ("floating-point" if meta.storage_dtype.startswith("float")
+            else "signed" if meta.signed else "unsigned")
     polarity = meta.photometric + (" (inverted on read: dense tissue bright)" if meta.inverted
                                    else "")
     lines.append(f"storage     {meta.bits_stored}-bit {sign} ({meta.storage_dtype}), {polarity}")

@@ -379,6 +379,9 @@ def check_appendable(manifest_path: str | os.PathLike[str]) -> None:
         read_manifest(path)
         if not os.access(path, os.R_OK | os.W_OK):
             raise ManifestError(f"the manifest {path} is not readable and writable")
+        if not os.access(path.parent, os.W_OK | os.X_OK):  # it is replaced, not edited
+            raise ManifestError(f"cannot update the manifest {path}: its folder is not "
+                                "writable")
         return
     folder = path.parent
     while not folder.exists() and folder != folder.parent:

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medsingan.augment import FORMAT_SUFFIX, load_complete_run, parse_scale, source_meta
-from medsingan.errors import ConfigError, ScanWriteError
+from medsingan.errors import ConfigError, ScanWriteError, UnsupportedScanError
 from medsingan.generate import sample_noise
-from medsingan.io import DerivedSeries, Scan, read_scan, write_scan
+from medsingan.io import DerivedSeries, Scan, read_scan, scan_format, write_scan
 from medsingan.io.atomic import atomic_path
 from medsingan.manifest import ManifestRow, append_rows, check_appendable, relative_to_manifest
 from medsingan.metrics.diversity import similarity_to_source
@@ -405,7 +405,15 @@ def _read_unit(path: Path, run: _Run, intensity: str, what: str) -> torch.Tensor
 
 def _read_mask(path: Path) -> torch.Tensor:
     """Non-zero (above half the maximum) pixels of a mask file, ``(1, 1, h, w)`` of 0/1."""
-    image = read_scan(path).image
+    try:
+        image = read_scan(path).image
+    except UnsupportedScanError:
+        if scan_format(path) not in ("png", "tiff"):
+            raise
+        with Image.open(path) as handle:  # 1-bit: fine for a mask, not for a scan
+            if handle.mode != "1":
+                raise
+            image = np.asarray(handle.convert("L"), dtype=np.float32)
     top = float(image.max())
     if top <= 0:
         raise ConfigError(f"the mask {path.name} is empty: mark the edited region with "
@@ -526,7 +534,7 @@ def _edit(request: EditRequest, mode: str) -> ManipulationResult:
     pyramid = run.pyramid
     scale = (default_inject_scale(pyramid, insertion.box) if request.inject_scale is None
              else _inject_scale(request.inject_scale, pyramid))
-    if request.label is None:
+    if request.label is None or not request.label.strip():
         raise ConfigError(f"{mode} inserts a finding: name it with --label (e.g. fracture); "
                           f"the source's label would no longer describe the image")
     _targets(request, run, mode, with_mask=True)  # fail before any work

@@ -245,3 +245,13 @@ def test_score_reproduces_the_scores_augment_wrote(ct_run, tmp_path, inception_w
     np.testing.assert_allclose([r["patch_swd"] for r in rows], frame["patch_swd"], rtol=0.05)
     np.testing.assert_allclose([r["sifid"] for r in rows], frame["sifid"], rtol=0.05)
     assert report["diversity"] == pytest.approx(result.summary["diversity"], rel=0.02)
+
+
+def test_a_wrong_weights_file_fails_before_anything_is_written(ct_run, tmp_path):
+    import torch
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"not": torch.zeros(2)}, wrong)
+    with pytest.raises(MedsinganError, match="not the FID Inception weights"):
+        augment(request(ct_run, tmp_path, sifid=True, inception_weights=wrong))
+    assert not (tmp_path / "samples").exists() and not (tmp_path / "manifest.csv").exists()

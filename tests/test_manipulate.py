@@ -156,8 +156,9 @@ def test_edit_with_composite_and_mask_of_another_resolution(hand_run, tmp_path):
                            tmp_path / "composite.dcm")
     box = np.zeros((96, 96), bool)
     box[60:80, 28:48] = True
-    result = edit(request(hand_run, tmp_path, composite=composite,
-                          mask=mask_png(tmp_path / "mask.png", box), n=2))
+    Image.fromarray(box).save(tmp_path / "mask.png")  # 1-bit, as masks often are
+    result = edit(request(hand_run, tmp_path, composite=composite, mask=tmp_path / "mask.png",
+                          n=2))
     assert result.box == (14, 30, 10, 10) and len(result.written) == 2
     source = source_at_finest(hand_run, tmp_path)
     mask = np.asarray(Image.open(result.mask)) > 0
@@ -300,8 +301,9 @@ def test_existing_outputs_are_kept_unless_overwrite(hand_run, tmp_path):
 def test_an_edit_must_name_its_finding_and_cannot_inject_at_the_coarsest_scale(hand_run,
                                                                                 tmp_path):
     lesion = lesion_png(tmp_path, hand_run)
-    with pytest.raises(ConfigError, match="--label"):
-        edit(request(hand_run, tmp_path, lesion=lesion, at="18,16", label=None))
+    for label in (None, "  "):
+        with pytest.raises(ConfigError, match="--label"):
+            edit(request(hand_run, tmp_path, lesion=lesion, at="18,16", label=label))
     with pytest.raises(ConfigError, match="coarsest scale"):
         edit(request(hand_run, tmp_path, lesion=lesion, at="18,16", inject_scale="N"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "manifest.csv").exists()

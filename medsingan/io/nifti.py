@@ -8,10 +8,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medsingan.errors import ScanReadError, ScanWriteError
+from medsingan.errors import ScanReadError, ScanWriteError, UnsupportedScanError
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.monai_loader import load_pixels
 from medsingan.io.scan import Scan, ScanMetadata
+
+
+def _header_dtype(path: Path) -> np.dtype:
+    try:
+        return np.dtype(nib.load(str(path)).header.get_data_dtype())
+    except Exception as exc:
+        raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
+                            "or corrupt") from exc
 
 
 def _load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -36,6 +44,11 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
     The image is turned to the orientation viewers show (:func:`display_transform`); the
     metadata records how, and :func:`write_nifti` turns a derived image back.
     """
+    header_dtype = _header_dtype(path)
+    if header_dtype.kind == "c" or header_dtype.fields is not None:
+        kind = "complex" if header_dtype.kind == "c" else "colour (RGB)"
+        raise UnsupportedScanError(f"{path.name} holds {kind} voxels; medsingan trains on "
+                                   "real-valued grayscale slices")
     data, header_image = _load_volume(path)
     notes: list[str] = []
     if data.ndim == 4 or (data.ndim > 4 and all(s == 1 for s in data.shape[4:])):

@@ -57,13 +57,13 @@ def _decode(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
     with Image.open(path) as handle:
         mode = handle.mode
         orientation = handle.getexif().get(_EXIF_ORIENTATION, 1)
+        keyed = "transparency" in handle.info  # a colour key (tRNS) marks transparent pixels
     if mode in _REFUSED_MODES:
         raise UnsupportedScanError(f"{path.name}: {_REFUSED_MODES[mode]}")
-    if mode in ("P", "PA") or orientation not in (1, None):
+    if mode in ("P", "PA") or keyed or orientation not in (1, None):
         with Image.open(path) as handle:  # palette colours, or the orientation viewers show
             image = ImageOps.exif_transpose(handle)
-            image = image.convert("RGBA" if "A" in mode or "transparency" in handle.info
-                                  else "RGB")
+            image = image.convert("RGBA" if "A" in mode or keyed else "RGB")
         if orientation not in (1, None):
             notes.append(f"EXIF orientation {orientation} applied, as viewers show it")
         return np.asarray(image), mode

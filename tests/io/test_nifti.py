@@ -160,3 +160,12 @@ def test_units_and_the_space_the_affine_refers_to_are_kept(tmp_path):
     written = nib.load(write_scan(scan.image, scan.meta, tmp_path / "out.nii.gz"))
     assert written.header.get_xyzt_units()[0] == "micron"
     assert int(written.header["sform_code"]) == 4
+
+
+def test_complex_voxels_are_refused_not_truncated(tmp_path):
+    from medsingan.errors import UnsupportedScanError
+
+    data = (np.ones((8, 8, 3)) + 1j).astype(np.complex64)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "c.nii"))
+    with pytest.raises(UnsupportedScanError, match="complex"):
+        read_scan(tmp_path / "c.nii")

@@ -121,3 +121,11 @@ def test_16_bit_colour_png_is_refused(tmp_path, gray):
     (tmp_path / "rgb16.png").write_bytes(bytes(data))
     with pytest.raises(UnsupportedScanError, match="16-bit colour"):
         read_scan(tmp_path / "rgb16.png")
+
+
+def test_a_colour_key_marks_transparent_pixels_too(tmp_path, gray):
+    image = Image.fromarray(gray)
+    image.info["transparency"] = int(gray[0, 0])
+    image.save(tmp_path / "keyed.png", transparency=int(gray[0, 0]))
+    with pytest.raises(UnsupportedScanError, match="transparent"):
+        read_scan(tmp_path / "keyed.png")
