@@ -57,17 +57,22 @@ def _decode(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
     with Image.open(path) as handle:
         mode = handle.mode
         orientation = handle.getexif().get(_EXIF_ORIENTATION, 1)
-        keyed = "transparency" in handle.info  # a colour key (tRNS) marks transparent pixels
+        key = handle.info.get("transparency")  # a colour key (tRNS): transparent pixels
     if mode in _REFUSED_MODES:
         raise UnsupportedScanError(f"{path.name}: {_REFUSED_MODES[mode]}")
-    if mode in ("P", "PA") or keyed or orientation not in (1, None):
+    if mode in ("P", "PA") or orientation not in (1, None):
         with Image.open(path) as handle:  # palette colours, or the orientation viewers show
             image = ImageOps.exif_transpose(handle)
-            image = image.convert("RGBA" if "A" in mode or keyed else "RGB")
+            image = image.convert("RGBA" if "A" in mode or key is not None else "RGB")
         if orientation not in (1, None):
             notes.append(f"EXIF orientation {orientation} applied, as viewers show it")
         return np.asarray(image), mode
-    return _load_pixels(path), mode
+    pixels = _load_pixels(path)
+    if key is not None and np.any(np.all(pixels == np.asarray(key), axis=-1) if pixels.ndim == 3
+                                  else pixels == key):
+        raise UnsupportedScanError(f"{path.name} has transparent pixels (a colour key); a scan "
+                                   "has none: flatten it onto a background first")
+    return pixels, mode
 
 
 def read_raster(path: Path) -> Scan:

@@ -129,3 +129,10 @@ def test_a_colour_key_marks_transparent_pixels_too(tmp_path, gray):
     image.save(tmp_path / "keyed.png", transparency=int(gray[0, 0]))
     with pytest.raises(UnsupportedScanError, match="transparent"):
         read_scan(tmp_path / "keyed.png")
+
+
+def test_a_16_bit_image_with_an_unused_colour_key_keeps_its_16_bits(tmp_path, ct_pixels):
+    Image.fromarray(ct_pixels).save(tmp_path / "keyed16.png", transparency=65535)
+    scan = read_scan(tmp_path / "keyed16.png")
+    assert scan.meta.bits_stored == 16
+    np.testing.assert_array_equal(scan.image, ct_pixels)
