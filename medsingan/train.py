@@ -464,9 +464,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tenso
     for leftover in run_dir.glob(".*.tmp*"):  # half-written files of a killed run
         leftover.unlink()
     existing = [p for p in _run_files(run_dir) if p.exists()]
-    if not existing:
-        if resume:
-            raise RunDirError(f"{run_dir} holds no run to resume; drop --resume to start one")
+    if not existing:  # (resuming needs config.json: train() checked it)
         return None, None
     if overwrite and not resume:
         for path in existing:

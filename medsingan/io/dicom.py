@@ -190,6 +190,7 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
     rescale_type = str(ds.get("RescaleType", ""))
     units = ("HU" if modality == "CT" else "stored value") if rescale_type in ("", "US") \
         else rescale_type
+    spacing = _pixel_spacing(ds)
     meta = ScanMetadata(
         format="dicom",
         source_path=str(path.resolve()),
@@ -198,8 +199,8 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
         columns=cols,
         modality=modality,
         body_part=str(ds.get("BodyPartExamined", "")) or None,
-        pixel_spacing=_pixel_spacing(ds),
-        affine=_nifti_affine(ds, _pixel_spacing(ds)),
+        pixel_spacing=spacing,
+        affine=_nifti_affine(ds, spacing),
         bits_stored=bits_stored,
         signed=signed,
         storage_dtype=f"{'int' if signed else 'uint'}{min(max(bits_allocated, 8), 32)}",

@@ -14,19 +14,21 @@ from medsingan.io.monai_loader import load_pixels
 from medsingan.io.scan import Scan, ScanMetadata
 
 
-def _header_dtype(path: Path) -> np.dtype:
-    try:
-        return np.dtype(nib.load(str(path)).header.get_data_dtype())
-    except Exception as exc:
-        raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
-                            "or corrupt") from exc
-
-
 def _load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Voxels (float32) and the header; complex and RGB voxels are refused before decoding."""
     from monai.data import NibabelReader
 
     try:
         header_image = nib.load(str(path))
+        voxel_type = np.dtype(header_image.header.get_data_dtype())
+    except Exception as exc:
+        raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
+                            "or corrupt") from exc
+    if voxel_type.kind == "c" or voxel_type.fields is not None:
+        kind = "complex" if voxel_type.kind == "c" else "colour (RGB)"
+        raise UnsupportedScanError(f"{path.name} holds {kind} voxels; medsingan trains on "
+                                   "real-valued grayscale slices")
+    try:
         data = load_pixels(path, NibabelReader())
     except Exception as exc:
         raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
@@ -44,11 +46,6 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
     The image is turned to the orientation viewers show (:func:`display_transform`); the
     metadata records how, and :func:`write_nifti` turns a derived image back.
     """
-    header_dtype = _header_dtype(path)
-    if header_dtype.kind == "c" or header_dtype.fields is not None:
-        kind = "complex" if header_dtype.kind == "c" else "colour (RGB)"
-        raise UnsupportedScanError(f"{path.name} holds {kind} voxels; medsingan trains on "
-                                   "real-valued grayscale slices")
     data, header_image = _load_volume(path)
     notes: list[str] = []
     if data.ndim == 4 or (data.ndim > 4 and all(s == 1 for s in data.shape[4:])):
