@@ -31,7 +31,7 @@ from pydicom.data import get_testdata_file
 
 from medsingan.augment import AugmentRequest, augment, default_batch_size
 from medsingan.generate import sample
-from medsingan.metrics.sifid import FID_WEIGHTS_NAME
+from medsingan.metrics.sifid import PAPER_WEIGHTS_NAME
 from medsingan.runs import train_scan
 from medsingan.train import load_run
 
@@ -62,7 +62,8 @@ def _timed_sampling(run_dir: Path, n: int, device: str, batch_size: int | None) 
     elif torch.cuda.is_available():
         pyramid.to("cuda")
     started = time.perf_counter()
-    sample(pyramid, n, seed=0, batch_size=batch_size or default_batch_size(pyramid))
+    batch_size = batch_size or default_batch_size(pyramid, pyramid.shapes[0])
+    sample(pyramid, n, seed=0, batch_size=batch_size)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -90,9 +91,9 @@ def main() -> None:
         setup = time.perf_counter() - started
         weights = args.inception_weights
         if weights is None:
-            weights = folder / FID_WEIGHTS_NAME
-            network = torchvision.models.inception_v3(weights=None, aux_logits=False,
-                                                      num_classes=1008, init_weights=False)
+            weights = folder / PAPER_WEIGHTS_NAME
+            network = torchvision.models.inception_v3(weights=None, aux_logits=True,
+                                                      init_weights=False)
             torch.save(network.state_dict(), weights)
         sampling = _timed_sampling(run_dir, args.n, args.device, args.batch_size)
         unscored = _timed_augment(run_dir, folder / "no_sifid", args.n, args.device,

@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from medsingan.devices import resolve_device
-from medsingan.errors import ConfigError, RunDirError, ScanWriteError
+from medsingan.errors import ConfigError, RunDirError, ScanWriteError, warn_user
 from medsingan.generate import sample, scaled_shapes
 from medsingan.io import DerivedSeries, ScanMetadata, read_scan, write_scan
 from medsingan.io.atomic import atomic_path, sha256_of
+from medsingan.io.dicom import source_warnings
 from medsingan.manifest import (
     ManifestRow,
     append_rows,
@@ -34,7 +35,7 @@ from medsingan.manifest import (
 )
 from medsingan.metrics.diversity import CohortDiversity, similarity_to_source
 from medsingan.metrics.patch_swd import PatchSWDScorer
-from medsingan.metrics.sifid import SifidScorer, find_inception_weights
+from medsingan.metrics.sifid import DEFAULT_VARIANT, SifidScorer, find_inception_weights
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.noise import check_seed
 from medsingan.model.previews import save_sample_sheet
@@ -89,6 +90,7 @@ class AugmentRequest:
     split: str | None = None
     subject_id: str | None = None
     sifid: bool = True
+    sifid_variant: str = DEFAULT_VARIANT
     inception_weights: Path | None = None
     device: str = "auto"
     overwrite: bool = False
@@ -104,11 +106,13 @@ class AugmentResult:
     written: list[Path] = field(default_factory=list)
     skipped: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
-def default_batch_size(pyramid: TrainedPyramid) -> int:
-    """Samples per forward pass: about 1 GiB of activations at the finest scale."""
-    height, width = pyramid.shapes[0]
+def default_batch_size(pyramid: TrainedPyramid, output: tuple[int, int]) -> int:
+    """Samples per forward pass: about 1 GiB of activations at the finest scale of the
+    ``output`` size (rows, columns) asked for, which may differ from the run's."""
+    height, width = output
     channels = max(g.spec.width for g in pyramid.generators.values())
     per_sample = height * width * channels * 4 * 8  # ~8 live activation maps of float32
     return int(np.clip((1 << 30) // max(per_sample, 1), 1, 64))
@@ -178,20 +182,20 @@ def augment(request: AugmentRequest) -> AugmentResult:
         raise ConfigError(f"--batch-size must be at least 1, got {request.batch_size}")
     device = resolve_device(request.device)
     # fail fast, before any work: weights for SIFID, the run, the output format
-    weights = find_inception_weights(request.inception_weights) if request.sifid else None
-    scorer = SifidScorer(weights, device=device) if weights is not None else None
+    weights = (find_inception_weights(request.inception_weights, request.sifid_variant)
+               if request.sifid else None)
+    scorer = (SifidScorer(weights, variant=request.sifid_variant, device=device)
+              if weights is not None else None)
     pyramid, extra = load_complete_run(request.run_dir)
     start = parse_scale(request.start_scale, pyramid.coarsest)
     shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
     meta = source_meta(extra, request.keep_identifiers)
     mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
+    # a CT window clips: every file and row says to what
+    clip_window = (mapping.low, mapping.high) if mapping.clips else None
+    window = mapping.interval(meta.units)
     cohort = dict(extra.get("cohort") or {})
-    if request.split is not None and cohort.get("split") and request.split != cohort["split"]:
-        raise ConfigError(f"the source scan is in split '{cohort['split']}': its samples "
-                          f"cannot go to '{request.split}' (that would leak it)")
-    label = request.label if request.label is not None else cohort.get("label", "")
-    split = request.split if request.split is not None else cohort.get("split", "")
-    subject = request.subject_id or cohort.get("subject_id") or f"src-{meta.sha256[:12]}"
+    label, split, subject = inherited_columns(request, cohort, meta)
     kind = meta.format if request.output_format == "same" else request.output_format
     if kind not in FORMAT_SUFFIX:
         raise ConfigError(f"--format must be same, dcm, nii or png, not '{kind}'")
@@ -204,7 +208,9 @@ def augment(request: AugmentRequest) -> AugmentResult:
     manifest = Path(request.manifest or Path("data_manifests") / f"{run_name}.csv")
     settings = {"run_sha": sha256_of(Path(request.run_dir) / "weights.safetensors"),
                 "start_scale": start, "seed": request.seed, "format": suffix,
-                "size": list(shapes[0])}
+                "size": list(shapes[0]), "label": label, "split": split,
+                "subject_id": subject, "keep_identifiers": request.keep_identifiers,
+                "sifid_variant": scorer.variant if scorer else None}
     _check_settings(out, settings, request.overwrite)
     check_appendable(manifest)
     try:
@@ -222,8 +228,10 @@ def augment(request: AugmentRequest) -> AugmentResult:
     swd_scorer = PatchSWDScorer(real, shapes[0])
     # one DICOM study and series per cohort, the same when an interrupted cohort is completed
     series = DerivedSeries.for_key(json.dumps({"run": run_name, **settings}, sort_keys=True))
-    batch_size = request.batch_size or default_batch_size(pyramid)
-    result = AugmentResult(out=out, manifest=manifest, skipped=len(done))
+    batch_size = request.batch_size or default_batch_size(pyramid, shapes[0])
+    result = AugmentResult(out=out, manifest=manifest, skipped=len(done),
+                           warnings=source_warnings(meta))
+    warn_user(result.warnings)
     cohort = CohortDiversity()
     grid_units: dict[int, torch.Tensor] = {}  # the first samples, for grid.png
 
@@ -232,7 +240,9 @@ def augment(request: AugmentRequest) -> AugmentResult:
         task = bar.add_task(f"sampling from scale {start}", total=len(todo))
         for first in range(0, len(todo), batch_size):
             indices = todo[first:first + batch_size]
-            images = _sample_indices(pyramid, indices, start, request.seed, shapes)
+            # scored as written: the files hold [-1, 1] (a generator's residual output can
+            # overshoot it), so an interrupted cohort read back scores the same
+            images = _sample_indices(pyramid, indices, start, request.seed, shapes).clamp(-1, 1)
             sifids = scorer.score(real, images) if scorer else [None] * len(indices)
             similarity = similarity_to_source(images, real)
             swds = swd_scorer(images)
@@ -244,7 +254,8 @@ def augment(request: AugmentRequest) -> AugmentResult:
                     grid_units[index] = unit
                 physical = mapping.from_unit(unit[0, 0].numpy())
                 write_scan(physical, meta, names[index], keep_identifiers=request.keep_identifiers,
-                           patient_id=subject, series=series.instance(index + 1))
+                           patient_id=subject, series=series.instance(index + 1),
+                           clip_window=clip_window)
                 rows.append(ManifestRow(
                     image=str(names[index].resolve()), label=label, split=split,
                     synthetic=True, source_image=meta.source_path, subject_id=subject,
@@ -254,13 +265,14 @@ def augment(request: AugmentRequest) -> AugmentResult:
                     seed=request.seed, sifid=sifids[k],
                     sifid_variant=scorer.variant if scorer else "", diversity=None,
                     similarity_to_source=similarity[k], height=physical.shape[0],
-                    width=physical.shape[1], extra={"sample_index": index, "patch_swd": swds[k]}))
+                    width=physical.shape[1], extra={"sample_index": index, "patch_swd": swds[k],
+                                                 "intensity_window": window}))
                 result.written.append(names[index])
             append_rows(manifest, rows, on_existing="replace")
             bar.advance(task, len(indices))
 
     for index in sorted(done):  # samples of an earlier, interrupted run: read back
-        unit = _read_unit(names[index], mapping)
+        unit = _read_unit(names[index], mapping, shapes[0])
         cohort.add(unit)
         if index < request.grid_size:
             grid_units[index] = unit
@@ -271,8 +283,31 @@ def augment(request: AugmentRequest) -> AugmentResult:
     sheet = [real.cpu(), *(grid_units[i] for i in sorted(grid_units))]
     save_sample_sheet(out / GRID_FILE, sheet, columns=max(4, int(np.ceil(len(sheet) ** 0.5))))
     result.summary = _write_summary(out, manifest, listed, request, start, cohort_diversity,
-                                    scorer.variant if scorer else None)
+                                    scorer.variant if scorer else None, result.warnings)
     return result
+
+
+def inherited_columns(request: AugmentRequest, cohort: dict[str, Any],
+                      meta: ScanMetadata) -> tuple[str, str, str]:
+    """``(label, split, subject)`` of the samples: the run's, where it has them. A sample is
+    its source patient's, in its source's split and class: an option that names another
+    value than the run's is refused (that would leak or mislabel it); one that fills a value
+    the run left empty is taken."""
+    run_values = {"label": cohort.get("label") or "", "split": cohort.get("split") or "",
+                  "subject_id": cohort.get("subject_id") or ""}
+    asked = {"label": request.label, "split": request.split, "subject_id": request.subject_id}
+    for name, value in asked.items():
+        if value is not None and run_values[name] and value != run_values[name]:
+            option = f"--{name.replace('_', '-')}"
+            harm = "leak it" if name == "split" else "mislabel them"
+            raise ConfigError(f"the run's scan has {name} '{run_values[name]}': its samples "
+                              f"inherit it, so {option} '{value}' is refused (that would "
+                              f"{harm})")
+    label = request.label if request.label is not None else run_values["label"]
+    split = request.split if request.split is not None else run_values["split"]
+    subject = (request.subject_id or run_values["subject_id"]
+               or f"src-{meta.sha256[:12]}")
+    return label, split, subject
 
 
 def _output_scale(request: AugmentRequest, finest: tuple[int, int]) -> tuple[float, float]:
@@ -308,14 +343,19 @@ def _sample_indices(pyramid: TrainedPyramid, indices: list[int], start: int, see
     return torch.cat(runs)
 
 
-def _read_unit(path: Path, mapping: IntensityMapping) -> torch.Tensor:
+def _read_unit(path: Path, mapping: IntensityMapping, shape: tuple[int, int]) -> torch.Tensor:
     """A written sample read back and mapped to [-1, 1] (for the cohort's diversity)."""
-    return torch.from_numpy(mapping.to_unit(read_scan(path).image))[None, None]
+    image = read_scan(path).image
+    if image.shape != shape:
+        raise RunDirError(f"{path} reads back as {image.shape[0]}x{image.shape[1]} px, not the "
+                          f"cohort's {shape[0]}x{shape[1]}: it was changed since it was written; "
+                          "remove it (it is regenerated) or use --overwrite")
+    return torch.from_numpy(mapping.to_unit(image))[None, None]
 
 
 def _write_summary(out: Path, manifest: Path, listed: list[str], request: AugmentRequest,
                    start: int, cohort_diversity: float | None,
-                   variant: str | None) -> dict[str, Any]:
+                   variant: str | None, warnings: list[str]) -> dict[str, Any]:
     """``summary.json``: the cohort's settings and mean scores."""
     frame = read_manifest(manifest)
     ours = frame[frame["image"].astype(str).isin(listed)]
@@ -326,6 +366,7 @@ def _write_summary(out: Path, manifest: Path, listed: list[str], request: Augmen
         "similarity_mean": float(ours["similarity_to_source"].mean()),
         "patch_swd_mean": float(ours["patch_swd"].mean()) if "patch_swd" in ours else None,
         "manifest": str(manifest),
+        "warnings": warnings,
     }
     with atomic_path(out / SUMMARY_FILE) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

@@ -16,8 +16,8 @@ from typing import Annotated
 import typer
 
 from medsingan import __version__
-from medsingan.cli_options import KeepIdsOpt, LabelOpt, ManifestOpt, RunArg
-from medsingan.errors import MedsinganError
+from medsingan.cli_options import KeepIdsOpt, ManifestOpt, RunArg
+from medsingan.errors import MedsinganError, MedsinganWarning
 from medsingan.manipulate_cli import register as register_manipulations
 
 app = typer.Typer(
@@ -267,10 +267,21 @@ class OutputFormat(str, Enum):
     png = "png"
 
 
+class SifidVariant(str, Enum):
+    paper = "paper"
+    fid64 = "fid64"
+
+
 WeightsOpt = Annotated[Path | None, typer.Option(
-    "--inception-weights", help="The FID Inception weights file "
-    "(pt_inception-2015-12-05-6726825d.pth) for SIFID [default: $MEDSINGAN_INCEPTION_WEIGHTS, "
-    "else torch's hub cache].", show_default=False)]
+    "--inception-weights", help="The Inception weights file of the SIFID variant: paper "
+    "inception_v3_google-0cc3c7bd.pth (torchvision), fid64 pt_inception-2015-12-05-6726825d.pth "
+    "(pytorch-fid) [default: $MEDSINGAN_INCEPTION_WEIGHTS, else torch's hub cache].",
+    show_default=False)]
+VariantOpt = Annotated[SifidVariant, typer.Option(
+    "--sifid-variant", help="paper: the paper's SIFID (torchvision ImageNet InceptionV3, "
+    "192 channels of Conv2d_4a_3x3 before the 2nd max-pool); fid64: pytorch-fid's 64-channel "
+    "block 0 (FID weights). Scores of two variants are not comparable.")]
+
 
 
 @app.command()
@@ -305,16 +316,19 @@ def augment(
         "--format", help="same: the source's format (DICOM -> de-identified derived DICOM, "
         "NIfTI -> NIfTI with the source affine, PNG/TIFF/JPEG -> PNG).")] = OutputFormat.same,
     manifest: ManifestOpt = None,
-    label: LabelOpt = None,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="Label column [default: the run's; another label than the run's is "
+        "refused: a sample shows its source's finding].", show_default=False)] = None,
     split: Annotated[str | None, typer.Option(
         "--split", help="Split column [default: the run's; another split than the source's "
         "is refused].", show_default=False)] = None,
     subject_id: Annotated[str | None, typer.Option(
-        "--subject-id", help="Subject column and DICOM Patient ID [default: the run's].",
-        show_default=False)] = None,
+        "--subject-id", help="Subject column and DICOM Patient ID [default: the run's; "
+        "another subject than the run's is refused].", show_default=False)] = None,
     no_sifid: Annotated[bool, typer.Option(
         "--no-sifid", help="Skip SIFID (no Inception weights needed); the weight-free "
         "patch_swd score is still written.")] = False,
+    sifid_variant: VariantOpt = SifidVariant.paper,
     inception_weights: WeightsOpt = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     keep_identifiers: KeepIdsOpt = False,
@@ -333,8 +347,8 @@ def augment(
         height=height, width=width, scale_h=scale_h, scale_w=scale_w, out=out,
         output_format=output_format.value, manifest=manifest, label=label,
         split=split, subject_id=subject_id, sifid=not no_sifid,
-        inception_weights=inception_weights, device=device, overwrite=overwrite,
-        keep_identifiers=keep_identifiers, progress=not quiet))
+        sifid_variant=sifid_variant.value, inception_weights=inception_weights, device=device,
+        overwrite=overwrite, keep_identifiers=keep_identifiers, progress=not quiet))
     summary = result.summary
     typer.echo(f"{len(result.written)} sample(s) written to {result.out}"
                + (f" ({result.skipped} already there)" if result.skipped else ""))
@@ -353,6 +367,7 @@ def score(
     modality: ModalityOpt = Modality.auto,
     window: WindowOpt = None,
     no_sifid: Annotated[bool, typer.Option("--no-sifid", help="Skip SIFID.")] = False,
+    sifid_variant: VariantOpt = SifidVariant.paper,
     inception_weights: WeightsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -360,7 +375,8 @@ def score(
     from medsingan.scoring import score_files
 
     report = score_files(real, fakes, modality=modality.value, window=window,
-                         sifid=not no_sifid, inception_weights=inception_weights)
+                         sifid=not no_sifid, inception_weights=inception_weights,
+                         sifid_variant=sifid_variant.value)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -417,6 +433,17 @@ def manifest_merge(
 def main() -> None:
     """Console entry point: MedsinganError -> one line on stderr, exit code 2."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(monai|pydicom)\b")
+    warnings.simplefilter("always", MedsinganWarning)
+    python_shows = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        """Ours as one ``warning:`` line on stderr; others as Python shows them."""
+        if issubclass(category, MedsinganWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            python_shows(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
         # without standalone mode, typer.Exit(code) comes back as the return value
         code = app(standalone_mode=False)

@@ -1,4 +1,10 @@
-"""Exceptions with user-readable messages; only the CLI turns them into exit codes."""
+"""Exceptions with user-readable messages; only the CLI turns them into exit codes. Warnings
+the user must read (:class:`MedsinganWarning`) the CLI prints as one ``warning:`` line each."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
 
 
 class MedsinganError(Exception):
@@ -35,3 +41,14 @@ class RunDirError(MedsinganError):
 
 class TrainingInterrupted(MedsinganError):
     """Training was stopped (Ctrl-C); every scale finished before that is saved and resumable."""
+
+
+class MedsinganWarning(UserWarning):
+    """Something the user must know about an output that is still written (e.g. burned-in
+    text in the source's pixels)."""
+
+
+def warn_user(messages: Iterable[str]) -> None:
+    """Issue each message as a :class:`MedsinganWarning`."""
+    for message in messages:
+        warnings.warn(message, MedsinganWarning, stacklevel=3)

@@ -17,7 +17,7 @@ model                path    the run directory that produced the image (relative
 start_scale          int     pyramid scale generation started at (0 = finest)
 seed                 int     the cohort's seed (+ extra ``sample_index``: this sample)
 sifid                float   Single-Image FID to the source (lower = closer)
-sifid_variant        text    the exact SIFID variant (weights, block, resize)
+sifid_variant        text    the SIFID variant: paper (192 ch) or fid64 (64 ch)
 diversity            float   the cohort's diversity score (same on every row of a cohort)
 similarity_to_source float   SSIM to the source image (high = possible memorisation)
 height               int     rows, in pixels

@@ -44,10 +44,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medsingan.augment import FORMAT_SUFFIX, load_complete_run, parse_scale, source_meta
-from medsingan.errors import ConfigError, ScanWriteError, UnsupportedScanError
+from medsingan.errors import ConfigError, ScanWriteError, UnsupportedScanError, warn_user
 from medsingan.generate import sample_noise
 from medsingan.io import DerivedSeries, Scan, read_scan, scan_format, write_scan
 from medsingan.io.atomic import atomic_path
+from medsingan.io.dicom import source_warnings
 from medsingan.manifest import ManifestRow, append_rows, check_appendable, relative_to_manifest
 from medsingan.metrics.diversity import similarity_to_source
 from medsingan.model.container import TrainedPyramid
@@ -475,7 +476,8 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     rows (everything is checked before the first file is written)."""
     out, manifest, names, mask_path = _targets(request, run, method, mask is not None)
     meta = source_meta(run.extra, request.keep_identifiers)
-    images = images.detach().cpu()
+    warn_user(source_warnings(meta))
+    images = images.detach().cpu().clamp(-1, 1)  # as written, so scored as written
     same_size = tuple(images.shape[-2:]) == run.pyramid.shapes[0]
     similarity = (similarity_to_source(images, run.real.cpu()) if same_size
                   else [None] * len(images))
@@ -494,7 +496,9 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
         for k, path in enumerate(names):
             physical = run.mapping.from_unit(images[k, 0].numpy())
             write_scan(physical, meta, path, keep_identifiers=request.keep_identifiers,
-                       patient_id=run.subject, series=series.instance(k + 1))
+                       patient_id=run.subject, series=series.instance(k + 1),
+                       clip_window=(run.mapping.low, run.mapping.high) if run.mapping.clips
+                       else None)
             written.append(path)
             rows.append(ManifestRow(
                 image=str(path.resolve()), label=run.label, split=run.split, synthetic=True,
@@ -504,7 +508,8 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
                 start_scale=start_scale, seed=request.seed, similarity_to_source=similarity[k],
                 height=physical.shape[0], width=physical.shape[1],
                 extra={"sample_index": k, **{key: (v[k] if isinstance(v, list) else v)
-                                             for key, v in extra.items()}}))
+                                             for key, v in extra.items()},
+                       "intensity_window": run.mapping.interval(meta.units)}))
         append_rows(manifest, rows, on_existing="replace")
     except BaseException as exc:
         for path in written:  # no output without its manifest row

@@ -43,6 +43,20 @@ class IntensityMapping:
         clipped = np.clip(unit.astype(np.float64), -1.0, 1.0)
         return ((clipped + 1.0) / 2.0 * (self.high - self.low) + self.low).astype(np.float32)
 
+    @property
+    def clips(self) -> bool:
+        """Whether values outside [low, high] are lost: every method but the radiograph's
+        whole stored range (a CT window, MR percentiles) clips."""
+        return self.method != "range"
+
+    def interval(self, units: str) -> str:
+        """``[low, high]`` in words, e.g. ``-160..240 HU``.
+
+        >>> IntensityMapping(-160.0, 240.0, "window").interval("HU")
+        '-160..240 HU'
+        """
+        return f"{self.low:.6g}..{self.high:.6g} {units}"
+
     def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 

@@ -14,9 +14,10 @@ import torch
 import yaml
 
 from medsingan import __version__
-from medsingan.errors import ConfigError
+from medsingan.errors import ConfigError, warn_user
 from medsingan.io import read_scan
 from medsingan.io.deid import deidentified_header
+from medsingan.io.dicom import source_warnings
 from medsingan.model.container import TrainedPyramid
 from medsingan.preprocess import prepare_scan
 from medsingan.presets import resolve_preset
@@ -86,7 +87,9 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
         "speed_preset": speed_preset,
         "intensity_mapping": mapping.to_dict(),
         "medsingan_version": __version__,
+        "warnings": source_warnings(scan.meta),
     }
+    warn_user(extra["warnings"])
     image = torch.from_numpy(unit)[None, None]
     pyramid = train(image, config, run_dir, extra_config=extra, resume=resume,
                     overwrite=overwrite, progress=progress, last_scale=last_scale)

@@ -10,7 +10,7 @@ import torch
 from medsingan.io import read_scan
 from medsingan.metrics.diversity import diversity, similarity_to_source
 from medsingan.metrics.patch_swd import PatchSWDScorer
-from medsingan.metrics.sifid import SifidScorer, find_inception_weights
+from medsingan.metrics.sifid import DEFAULT_VARIANT, SifidScorer, find_inception_weights
 from medsingan.preprocess import prepare_scan
 from medsingan.presets import resolve_preset
 from medsingan.pyramid import resize
@@ -18,7 +18,8 @@ from medsingan.pyramid import resize
 
 def score_files(real: Path, fakes: list[Path], *, modality: str = "auto",
                 window: str | None = None, sifid: bool = True,
-                inception_weights: Path | None = None) -> dict[str, Any]:
+                inception_weights: Path | None = None,
+                sifid_variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
     """Map every file with the real scan's preset and mapping, then score each fake.
 
     Each fake is compared with the real scan resized to the fake's size, as the trainer
@@ -27,12 +28,12 @@ def score_files(real: Path, fakes: list[Path], *, modality: str = "auto",
     similarity_to_source, patch_swd}], "diversity", "sifid_variant"}``; diversity needs two
     or more fakes of one size.
     """
-    weights = find_inception_weights(inception_weights) if sifid else None
+    weights = find_inception_weights(inception_weights, sifid_variant) if sifid else None
     real_scan = read_scan(real)
     preset = resolve_preset(modality, real_scan.meta.modality)
     mapping, real_unit = prepare_scan(real_scan, preset, window=window)
     full_size = torch.from_numpy(real_unit)[None, None]
-    scorer = SifidScorer(weights) if weights is not None else None
+    scorer = SifidScorer(weights, variant=sifid_variant) if weights is not None else None
     references: dict[tuple[int, int], tuple[torch.Tensor, PatchSWDScorer]] = {}
     rows, units = [], []
     for path in fakes:

@@ -76,8 +76,8 @@ SAMPLES_PATTERN = "samples_scale_{}.png"
 HISTORY_COLUMNS = ("scale", "iter", "d_loss", "g_adv", "rec_loss", "gp", "lr", "seconds")
 RUN_FORMAT = "medsingan-run"
 
-# Independent random streams under one seed.
-_TRAIN_STREAM, _ZSTAR_STREAM = 1, 2
+# Independent random streams under one seed: training noise, z*, network initialisation.
+_TRAIN_STREAM, _ZSTAR_STREAM, _INIT_STREAM = 1, 2, 3
 # Settings that may change on resume without changing the result's meaning.
 _RESUME_MUTABLE = ("device", "log_every")
 
@@ -638,7 +638,7 @@ def _init_networks(spec: NetSpec, pyramid: TrainedPyramid, critics: dict[int, Di
         generator.load_state_dict(coarser.state_dict())
         critic.load_state_dict(critics[scale + 1].state_dict())
     else:
-        init_rng = seeded_generator(config.seed, _TRAIN_STREAM, scale, 0)
+        init_rng = seeded_generator(config.seed, _INIT_STREAM, scale)
         init_weights(generator, init_rng)
         init_weights(critic, init_rng)
     return generator.to(device), critic.to(device)

@@ -63,17 +63,36 @@ def dciodvfy() -> None:
         pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
 
 
-@pytest.fixture(scope="session")
-def inception_weights(tmp_path_factory) -> Path:
-    """A weights file with the FID Inception's names and shapes (random values: the network
-    cannot be downloaded here, but every loading step and every score is real)."""
-    import torch
+def _stand_in_weights(folder: Path, name: str, **inception_kwargs) -> Path:
+    """torchvision's InceptionV3 built with ``inception_kwargs`` and seeded random values,
+    saved as ``folder / name``: the networks cannot be downloaded here, but every loading step
+    and every score is real."""
     import torchvision
 
-    from medsingan.metrics.sifid import FID_WEIGHTS_NAME
-
-    network = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
-                                              init_weights=True)
-    path = tmp_path_factory.mktemp("weights") / FID_WEIGHTS_NAME
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = torchvision.models.inception_v3(weights=None, init_weights=True,
+                                                  **inception_kwargs)
+    path = folder / name
     torch.save(network.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """A stand-in for torchvision's ImageNet InceptionV3 weights (the default ``paper`` SIFID
+    variant): the same file name, layer names and shapes."""
+    from medsingan.metrics.sifid import PAPER_WEIGHTS_NAME
+
+    return _stand_in_weights(tmp_path_factory.mktemp("weights"), PAPER_WEIGHTS_NAME,
+                             aux_logits=True)
+
+
+@pytest.fixture(scope="session")
+def fid_inception_weights(tmp_path_factory) -> Path:
+    """A stand-in for pytorch-fid's FID Inception weights (the ``fid64`` SIFID variant): its
+    file name, layer names and shapes (1008 classes, no auxiliary classifier)."""
+    from medsingan.metrics.sifid import FID_WEIGHTS_NAME
+
+    return _stand_in_weights(tmp_path_factory.mktemp("fid_weights"), FID_WEIGHTS_NAME,
+                             aux_logits=False, num_classes=1008)

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medsingan.augment import AugmentRequest, augment, parse_scale
+from medsingan.augment import AugmentRequest, augment, load_complete_run, parse_scale
 from medsingan.errors import ConfigError, MedsinganError, RunDirError
 from medsingan.io import read_scan
 from medsingan.manifest import check_manifest, read_manifest
@@ -118,11 +118,47 @@ def test_samples_do_not_depend_on_batch_size_and_resume_without_duplicates(ct_ru
         augment(request(ct_run, tmp_path / "parts", n=6, seed=1))
 
 
+def test_the_default_batch_is_sized_for_the_output_asked_for(ct_run, tmp_path):
+    from medsingan.augment import default_batch_size
+
+    pyramid, _ = load_complete_run(ct_run)
+    assert default_batch_size(pyramid, (32, 32)) == 64  # a 32-px run: the cap
+    # --height 12000 on a 32-px run: a 12000x32 sample needs 375 times the activations, so
+    # the batch shrinks until one batch's finest activations fit about 1 GiB again
+    tall = default_batch_size(pyramid, (12000, 32))
+    width = max(g.spec.width for g in pyramid.generators.values())
+    assert 1 <= tall < 64 and tall * 12000 * 32 * width * 4 * 8 <= 2**30
+
+
+def test_samples_inherit_label_and_subject_and_a_resumed_cohort_keeps_them(ct_run, tmp_path):
+    for option in ({"label": "fracture"}, {"subject_id": "P999"}):
+        with pytest.raises(ConfigError, match="inherit"):
+            augment(request(ct_run, tmp_path, **option))
+    assert not (tmp_path / "samples").exists()
+    augment(request(ct_run, tmp_path, n=2, label="normal"))  # the run's own label: fine
+    # completing it with the source's identifiers would mix two kinds of file in one cohort
+    with pytest.raises(ConfigError, match="other settings.*keep_identifiers"):
+        augment(request(ct_run, tmp_path, n=3, keep_identifiers=True))
+    frame = read_manifest(tmp_path / "manifest.csv")
+    assert len(frame) == 2 and set(frame["label"]) == {"normal"}
+
+
+def test_the_ct_window_the_samples_are_clipped_to_is_recorded_everywhere(ct_run, tmp_path):
+    dcm = augment(request(ct_run, tmp_path / "dcm", n=2))
+    nii = augment(request(ct_run, tmp_path / "nii", n=2, output_format="nii"))
+    assert set(read_manifest(dcm.manifest)["intensity_window"]) == {"-160..240 HU"}
+    written = pydicom.dcmread(dcm.written[0])
+    assert float(written.WindowCenter) == 40 and float(written.WindowWidth) == 400
+    assert "clipped to [-160, 240] HU" in written.DerivationDescription
+    header = nib.load(nii.written[0]).header
+    assert (float(header["cal_min"]), float(header["cal_max"])) == (-160, 240)
+
+
 def test_sifid_is_scored_per_sample_with_a_weights_file(ct_run, tmp_path, inception_weights):
     result = augment(request(ct_run, tmp_path, n=3, sifid=True,
                              inception_weights=inception_weights))
     frame = read_manifest(result.manifest)
-    assert (frame["sifid"] > 0).all() and frame["sifid_variant"].str.contains("block 0").all()
+    assert (frame["sifid"] > 0).all() and (frame["sifid_variant"] == "paper").all()
 
 
 def test_nifti_source_gives_nifti_samples_with_the_slice_geometry(tmp_path):
@@ -252,6 +288,6 @@ def test_a_wrong_weights_file_fails_before_anything_is_written(ct_run, tmp_path)
 
     wrong = tmp_path / "wrong.pth"
     torch.save({"not": torch.zeros(2)}, wrong)
-    with pytest.raises(MedsinganError, match="not the FID Inception weights"):
+    with pytest.raises(MedsinganError, match="not torchvision's ImageNet InceptionV3 weights"):
         augment(request(ct_run, tmp_path, sifid=True, inception_weights=wrong))
     assert not (tmp_path / "samples").exists() and not (tmp_path / "manifest.csv").exists()

@@ -83,13 +83,16 @@ def read_scan(path: str | os.PathLike[str], *, frame: int | None = None,
 
 def write_scan(image: np.ndarray, like: ScanMetadata, path: str | os.PathLike[str], *,
                keep_identifiers: bool = False, patient_id: str | None = None,
-               series: DerivedSeries | None = None) -> Path:
+               series: DerivedSeries | None = None,
+               clip_window: tuple[float, float] | None = None) -> Path:
     """Write a derived image (physical units, display polarity) next to its source's format.
 
     The format follows ``path``'s suffix: ``.dcm`` (derived, de-identified DICOM: needs a DICOM
-    source), ``.nii``/``.nii.gz`` (source affine and dtype), ``.png`` (8/16-bit like the
-    source). The write is atomic. ``series`` places a DICOM in a study and series (e.g. one
-    per cohort); the other formats have no such notion.
+    source), ``.nii``/``.nii.gz`` (source affine and dtype), ``.png`` (8/16-bit, display
+    polarity, its units recorded). The write is atomic. ``series`` places a DICOM in a study
+    and series (e.g. one per cohort); the other formats have no such notion. ``clip_window``
+    is the physical interval the image was clipped to (a CT window): DICOM and NIfTI record
+    it as their display window, a PNG of a signed source spreads it over its 16 bits.
     """
     path = Path(path)
     if image.ndim != 2:
@@ -97,9 +100,9 @@ def write_scan(image: np.ndarray, like: ScanMetadata, path: str | os.PathLike[st
     kind = scan_format(path) if path.suffix else "dicom"
     if kind == "dicom":
         return write_dicom(image, like, path, keep_identifiers=keep_identifiers,
-                           patient_id=patient_id, series=series)
+                           patient_id=patient_id, series=series, clip_window=clip_window)
     if kind == "nifti":
-        return write_nifti(image, like, path)
+        return write_nifti(image, like, path, clip_window=clip_window)
     if kind == "png":
-        return write_png(image, like, path)
+        return write_png(image, like, path, clip_window=clip_window)
     raise ScanWriteError(f"cannot write {kind}: choose .dcm, .nii, .nii.gz or .png")

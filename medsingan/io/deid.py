@@ -15,6 +15,10 @@ dropped except:
 Private tags, overlays, icons, dates, free text, person names, institution and device
 identifiers are therefore gone wherever they were. The header then records that identity was
 removed and how (Patient Identity Removed, De-identification Method (Code Sequence)).
+
+Only the header is cleaned, never the pixels (PS3.15 E.3.1's Clean Pixel Data Option is not
+applied): when the source says Burned In Annotation YES, that value is kept, Patient Identity
+Removed is NO and the method says that burned-in annotation was not removed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ _KEEP = frozenset((
     "PatientOrientation", "ImageType", "AcquisitionNumber", "ImagesInAcquisition",
     "PresentationIntentType", "Manufacturer", "ManufacturerModelName", "ConversionType",
     "PositionReferenceIndicator", "PresentationLUTShape", "QualityControlImage",
-    "RecognizableVisualFeatures",
+    "RecognizableVisualFeatures", "BurnedInAnnotation",
     # image pixel, image plane, modality LUT, VOI LUT
     "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
     "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration", "PixelAspectRatio",
@@ -80,6 +84,9 @@ _CODE_SEQUENCES = ("AnatomicRegionSequence", "PrimaryAnatomicStructureSequence",
 _CODE_KEYWORDS = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning",
                   "LongCodeValue", "URNCodeValue")
 
+_METHOD = "medsingan: allow-list of technical attributes"
+_PIXELS_NOT_CLEANED = "header only: burned-in annotation not removed"
+
 # Instance UIDs kept (as new values): the writer sets them for the derived object.
 _NEW_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
@@ -99,6 +106,8 @@ def deidentify(ds: Dataset, *, patient_id: str | None = None) -> Dataset:
     """Reduce ``ds`` in place to the allow-list of this module and return it.
 
     ``patient_id`` (e.g. a study pseudonym) becomes the Patient ID and Patient's Name.
+    Patient Identity Removed is YES, or NO when Burned In Annotation is YES (the pixels,
+    which this does not touch, may show who the patient is).
     """
     kept = {keyword: ds[keyword] for keyword in _KEEP if keyword in ds}
     codes = {keyword: _codes_only(ds[keyword].value) for keyword in _CODE_SEQUENCES
@@ -119,8 +128,12 @@ def deidentify(ds: Dataset, *, patient_id: str | None = None) -> Dataset:
     if patient_id:
         ds.PatientID = patient_id
         ds.PatientName = patient_id
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "medsingan: allow-list of technical attributes"
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        ds.PatientIdentityRemoved = "NO"
+        ds.DeidentificationMethod = [_METHOD, _PIXELS_NOT_CLEANED]
+    else:
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = _METHOD
     code = Dataset()
     code.CodeValue = "113100"
     code.CodingSchemeDesignator = "DCM"

@@ -63,6 +63,23 @@ def _first(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """The item of functional group ``sequence`` that applies to frame ``frame`` (0-based):
+    the frame's own, else the shared one (PS3.3 C.7.6.16); ``None`` when neither has it."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and frame < len(per_frame) and per_frame[frame].get(sequence):
+        return per_frame[frame][sequence][0]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and shared[0].get(sequence):
+        return shared[0][sequence][0]
+    return None
+
+
+def _rescale(item: Dataset) -> tuple[float, float]:
+    return (float(item.get("RescaleSlope", 1.0) or 1.0),
+            float(item.get("RescaleIntercept", 0.0) or 0.0))
+
+
 def _nifti_affine(ds: Dataset, spacing: tuple[float, float] | None) -> list[list[float]] | None:
     """The NIfTI (RAS+) affine of the slice, voxel axes (row, column, normal), from the image
     plane's position and orientation; ``None`` when the file does not give them."""
@@ -133,7 +150,9 @@ def _header_json(ds: Dataset) -> dict[str, Any]:
 
 
 def _load_pixels(path: Path) -> np.ndarray:
-    """Decode pixel data through MONAI (rescale slope/intercept applied), rows x columns."""
+    """Decode pixel data through MONAI, rows x columns (frames first). MONAI's PydicomReader
+    applies the top-level Rescale Slope/Intercept, when present, to every frame and reads no
+    functional groups: an enhanced object's Pixel Value Transformation is not applied."""
     from monai.data import PydicomReader
 
     return load_pixels(path, PydicomReader(swap_ij=False)).astype(np.float32)
@@ -184,10 +203,17 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
     bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     bits_allocated = int(ds.get("BitsAllocated", 16))
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    # an enhanced object's rescale is per frame or shared; the top level is what MONAI applied
+    applied = _rescale(ds)
+    transform = _frame_item(ds, frame or 0, "PixelValueTransformationSequence") or ds
+    slope, intercept = _rescale(transform)
+    if (slope, intercept) != applied:
+        stored = (pixels.astype(np.float64) - applied[1]) / applied[0]
+        pixels = (stored * slope + intercept).astype(np.float32)
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    voi = ds if has_window else _frame_item(ds, frame or 0, "FrameVOILUTSequence") or ds
     modality = str(ds.get("Modality", "")) or None
-    rescale_type = str(ds.get("RescaleType", ""))
+    rescale_type = str(transform.get("RescaleType", ""))
     units = ("HU" if modality == "CT" else "stored value") if rescale_type in ("", "US") \
         else rescale_type
     spacing = _pixel_spacing(ds)
@@ -208,8 +234,8 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
         inverted=photometric == "MONOCHROME1",
         rescale_slope=slope,
         rescale_intercept=intercept,
-        window_center=_first(ds.get("WindowCenter")),
-        window_width=_first(ds.get("WindowWidth")),
+        window_center=_first(voi.get("WindowCenter")),
+        window_width=_first(voi.get("WindowWidth")),
         units=units,
         frame=frame if frames > 1 else None,
         dicom_header=_header_json(ds),
@@ -221,6 +247,35 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
         image = (low + high) - image
         notes.append("MONOCHROME1: intensities inverted so that dense tissue is bright")
     return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
+
+
+def burned_in_annotation(meta: ScanMetadata) -> str | None:
+    """The source's Burned In Annotation (0028,0301), upper-case; ``None`` when the source
+    does not say or is not a DICOM file.
+
+    ``"YES"`` means the pixels hold text (a name, a date, a side marker): SinGAN copies
+    patches, so samples may carry it, and a derived file's header-only de-identification
+    does not remove it (its Patient Identity Removed is then NO).
+
+    >>> from pydicom.data import get_testdata_file
+    >>> burned_in_annotation(read_dicom(Path(get_testdata_file("eCT_Supplemental.dcm"))).meta)
+    'NO'
+    """
+    element = (meta.dicom_header or {}).get("dataset", {}).get("00280301", {})
+    values = element.get("Value") or [""]
+    return str(values[0]).strip().upper() or None
+
+
+def source_warnings(meta: ScanMetadata) -> list[str]:
+    """What a user must know before sharing the outputs of this source (one sentence each).
+
+    A run, a cohort and an edit report them, and record them where they write.
+    """
+    if burned_in_annotation(meta) == "YES":
+        return ["the source says Burned In Annotation YES: text in its pixels (names, dates) "
+                "can survive into the outputs, which keep YES and do not claim that identity "
+                "was removed; check them before sharing"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -266,18 +321,27 @@ def write_dicom(
     patient_id: str | None = None,
     series: DerivedSeries | None = None,
     description: str = "synthetic image generated by medsingan (SinGAN)",
+    clip_window: tuple[float, float] | None = None,
 ) -> Path:
     """Write ``image`` (rows x columns, physical units, display polarity) as a derived DICOM.
 
     The object gets a new SOP Instance UID, the study and series of ``series`` (default: new
     ones), ImageType DERIVED\\SECONDARY, a derivation description saying it is synthetic, the
-    source's bit depth, signedness and rescale, and is de-identified (:mod:`medsingan.io.deid`)
-    unless ``keep_identifiers``. ``patient_id`` replaces the Patient ID (e.g. a study
-    pseudonym).
+    source's bit depth, signedness, rescale and Burned In Annotation, and is de-identified
+    (:mod:`medsingan.io.deid`) unless ``keep_identifiers``. ``patient_id`` replaces the
+    Patient ID (e.g. a study pseudonym).
+
+    ``clip_window = (low, high)`` says the image's values were clipped to [low, high] (in
+    ``like.units``, e.g. a CT preset's -160..240 HU): it becomes the display window
+    (center (low + high) / 2, width high - low, explained as "MEDSINGAN CLIP") and is stated
+    in the derivation description.
     """
     if like.dicom_header is None:
         raise ScanWriteError("cannot write DICOM: the source is not a DICOM file; "
                              "choose --format png or nii")
+    if clip_window is not None and not (np.all(np.isfinite(clip_window))
+                                        and clip_window[0] < clip_window[1]):
+        raise ScanWriteError(f"clip window {tuple(clip_window)} is not an interval low < high")
     ds = Dataset.from_json(like.dicom_header["dataset"])
     single_frame = str(ds.get("SOPClassUID", "")) in _SINGLE_FRAME_CLASSES
     if not single_frame:
@@ -307,10 +371,17 @@ def write_dicom(
         ds.FrameOfReferenceUID = series.frame_of_reference_uid
     # values 3+ (e.g. AXIAL for CT) are required by some IODs: keep the source's
     ds.ImageType = ["DERIVED", "SECONDARY", *list(ds.get("ImageType", []))[2:]]
-    ds.DerivationDescription = (
-        f"{description}; medsingan {__version__}; not an acquired image"[:1024])
+    facts = f"; medsingan {__version__}; not an acquired image"
+    if clip_window is not None:
+        low, high = _file_values(clip_window, like)
+        _set_window(ds, (low + high) / 2, high - low, "MEDSINGAN CLIP")
+        facts += f"; intensities clipped to [{low:g}, {high:g}] {like.units}"
+    elif ("WindowCenter" not in ds and like.window_center is not None
+          and like.window_width is not None):  # an enhanced source's frame window
+        _set_window(ds, like.window_center, like.window_width, None)
+    # ST holds 1024 characters: shorten the caller's text, never the facts
+    ds.DerivationDescription = description[:1024 - len(facts)] + facts
     ds.SeriesDescription = "medsingan synthetic"
-    ds.BurnedInAnnotation = "NO"
     if ("Laterality" not in ds and "ImageLaterality" not in ds
             and str(ds.get("BodyPartExamined", "")).upper() not in _UNPAIRED_BODY_PARTS):
         ds.Laterality = ""  # type 2C for a paired (or unknown) body part: present, not known
@@ -338,6 +409,8 @@ def write_dicom(
     if "RescaleSlope" in ds or like.rescale_slope != 1.0 or like.rescale_intercept != 0.0:
         ds.RescaleSlope = f"{like.rescale_slope:.10g}"
         ds.RescaleIntercept = f"{like.rescale_intercept:.10g}"
+        if not single_frame and "RescaleType" not in ds:  # type 1C in the Modality LUT module
+            ds.RescaleType = "US" if like.units == "stored value" else like.units
     ds.PixelData = np.ascontiguousarray(stored).astype(stored.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OB" if bits_allocated == 8 else "OW"
 
@@ -358,12 +431,32 @@ def write_dicom(
     return path
 
 
+def _file_values(interval: tuple[float, float], like: ScanMetadata) -> tuple[float, float]:
+    """A display-polarity interval as the file's modality values (MONOCHROME1 inverted back)."""
+    low, high = float(interval[0]), float(interval[1])
+    if like.inverted:
+        bottom, top = like.physical_range
+        low, high = bottom + top - high, bottom + top - low
+    return low, high
+
+
+def _set_window(ds: Dataset, center: float, width: float, explanation: str | None) -> None:
+    """One VOI window (any of the source's, and their explanations and LUTs, replaced)."""
+    for keyword in ("WindowCenterWidthExplanation", "VOILUTFunction", "VOILUTSequence"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.WindowCenter, ds.WindowWidth = f"{center:.10g}", f"{width:.10g}"
+    if explanation is not None:
+        ds.WindowCenterWidthExplanation = explanation
+
+
 def _secondary_capture_from(source: Dataset) -> Dataset:
     """Keep the patient/study/series context of an enhanced object, as a Secondary Capture."""
     keep = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
             "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
             "StudyDescription", "Modality", "BodyPartExamined", "PatientOrientation",
-            "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth")
+            "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
+            "WindowCenterWidthExplanation", "BurnedInAnnotation")
     ds = Dataset()
     for keyword in keep:
         if keyword in source:

@@ -108,7 +108,7 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
         storage_dtype=dtype.name,
         rescale_slope=slope if np.isfinite(slope) and slope != 0 else 1.0,
         rescale_intercept=intercept if np.isfinite(intercept) else 0.0,
-        units="voxel value",
+        units=_units(header),
         slice_axis=slice_axis,
         slice_index=slice_index,
         volume=volume,
@@ -119,6 +119,17 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
         notes=notes,
     )
     return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
+
+
+# Units that say nothing beyond "the file's numbers".
+_GENERIC_UNITS = ("voxel value", "stored value", "pixel value")
+
+
+def _units(header: nib.Nifti1Header) -> str:
+    """The values' units: the intent name a medsingan slice records (e.g. HU) when the
+    header states no statistical intent, else plain voxel values."""
+    name = bytes(header["intent_name"]).split(b"\0")[0].decode("ascii", "replace").strip()
+    return name if name and int(header["intent_code"]) == 0 else "voxel value"
 
 
 def display_transform(affine: np.ndarray, slice_axis: int) -> tuple[bool, bool, bool]:
@@ -164,14 +175,30 @@ def _to_voxels(image: np.ndarray, transform: tuple[bool, bool, bool] | None) -> 
     return image.T if transpose else image
 
 
+def plane_affine(spacing: tuple[float, float]) -> np.ndarray:
+    """The affine of an image with no patient geometry (a radiograph, a raster), as DICOM's
+    default plane (Image Orientation 1\\0\\0\\0\\1\\0 at the origin): rows run to the
+    patient's posterior, columns to the left (RAS+ world), so that :func:`display_transform`
+    shows it exactly as stored, neither transposed nor mirrored.
+
+    >>> display_transform(plane_affine((0.5, 0.25)), 2)
+    (False, False, False)
+    """
+    row_spacing, column_spacing = spacing
+    affine = np.eye(4)
+    affine[:3, 0] = (0.0, -row_spacing, 0.0)
+    affine[:3, 1] = (-column_spacing, 0.0, 0.0)
+    return affine
+
+
 def slice_affine(meta: ScanMetadata, shape: tuple[int, int]) -> np.ndarray:
     """The affine of a one-slice volume at the source slice position, for a voxel-order
     image of ``shape``: when the in-plane size differs from the source's, the voxels are
     scaled and the origin moved so that the new grid covers the source slice exactly."""
     if meta.affine is not None:
         affine = np.asarray(meta.affine, dtype=float)
-    else:  # a DICOM without position or a raster: its pixel spacing at least
-        affine = np.diag([*(meta.pixel_spacing or (1.0, 1.0)), 1.0, 1.0])
+    else:
+        affine = plane_affine(meta.pixel_spacing or (1.0, 1.0))
     axis = meta.slice_axis if meta.slice_axis is not None else 2
     offset = np.zeros(4)
     offset[3] = 1.0
@@ -189,9 +216,13 @@ def slice_affine(meta: ScanMetadata, shape: tuple[int, int]) -> np.ndarray:
     return result
 
 
-def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path) -> Path:
+def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path, *,
+                clip_window: tuple[float, float] | None = None) -> Path:
     """Write a 2D slice as a one-slice NIfTI volume with the source's affine, dtype and
-    scaling (integers clipped to the source dtype's range)."""
+    scaling (integers clipped to the source dtype's range). A source without patient
+    geometry gets :func:`plane_affine`, so the slice reads back as it was shown.
+    ``clip_window`` (the interval the values were clipped to) becomes the header's display
+    range (cal_min, cal_max) and is named in its description."""
     axis = like.slice_axis if like.slice_axis is not None else 2
     image = _to_voxels(image, like.display_transform)
     volume = np.expand_dims(image.astype(np.float64), axis)
@@ -207,6 +238,13 @@ def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path) -> Path:
     out.header.set_xyzt_units(unit if unit != "unknown" else "mm")
     out.set_qform(out.affine, code=qform_code or 1)
     out.set_sform(out.affine, code=sform_code or 1)
+    if like.units not in _GENERIC_UNITS:  # e.g. HU: the meaning of the values (16 bytes)
+        out.header["intent_name"] = like.units.encode()[:15]
+    if clip_window is not None:
+        low, high = clip_window
+        out.header["cal_min"], out.header["cal_max"] = low, high
+        out.header["descrip"] = (f"medsingan synthetic; clipped to {low:g}..{high:g} "
+                                 f"{like.units}")[:79].encode()
     try:
         with atomic_path(path) as tmp:
             nib.save(out, str(tmp))

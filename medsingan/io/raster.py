@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 from medsingan.errors import ScanReadError, ScanWriteError, UnsupportedScanError
 from medsingan.io.atomic import atomic_path, sha256_of
@@ -45,9 +49,10 @@ def _png_colour_depth(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def _decode(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
-    """Pixels (rows, columns[, channels]) and the Pillow mode; refuses what would read as
-    something other than the image (palette indices, wrapped or truncated values)."""
+def _decode(path: Path, notes: list[str]) -> tuple[np.ndarray, str, str | None]:
+    """Pixels (rows, columns[, channels]), the Pillow mode and medsingan's ``UNITS_CHUNK``
+    text (``None`` when absent); refuses what would read as something other than the image
+    (palette indices, wrapped or truncated values)."""
     depth = _png_colour_depth(path)
     if depth is not None and depth[0] == 16 and depth[1] in (2, 4, 6):
         raise UnsupportedScanError(f"{path.name} is 16-bit colour, which the PNG reader cuts "
@@ -58,6 +63,7 @@ def _decode(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
         mode = handle.mode
         orientation = handle.getexif().get(_EXIF_ORIENTATION, 1)
         key = handle.info.get("transparency")  # a colour key (tRNS): transparent pixels
+        units = handle.info.get(UNITS_CHUNK)
     if mode in _REFUSED_MODES:
         raise UnsupportedScanError(f"{path.name}: {_REFUSED_MODES[mode]}")
     if mode in ("P", "PA") or orientation not in (1, None):
@@ -66,13 +72,13 @@ def _decode(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
             image = image.convert("RGBA" if "A" in mode or key is not None else "RGB")
         if orientation not in (1, None):
             notes.append(f"EXIF orientation {orientation} applied, as viewers show it")
-        return np.asarray(image), mode
+        return np.asarray(image), mode, units
     pixels = _load_pixels(path)
     if key is not None and np.any(np.all(pixels == np.asarray(key), axis=-1) if pixels.ndim == 3
                                   else pixels == key):
         raise UnsupportedScanError(f"{path.name} has transparent pixels (a colour key); a scan "
                                    "has none: flatten it onto a background first")
-    return pixels, mode
+    return pixels, mode, units
 
 
 def read_raster(path: Path) -> Scan:
@@ -80,11 +86,12 @@ def read_raster(path: Path) -> Scan:
 
     Colour images are converted to grayscale (BT.601 luma) with a note, palette images through
     their palette, opaque alpha is dropped; transparency, 1-bit, floating-point, CMYK and
-    16-bit colour images are refused with :class:`UnsupportedScanError`.
+    16-bit colour images are refused with :class:`UnsupportedScanError`. A PNG that medsingan
+    wrote carries its units (``UNITS_CHUNK``): it is read back in them (a CT in HU).
     """
     notes: list[str] = []
     try:
-        pixels, mode = _decode(path, notes)
+        pixels, mode, units = _decode(path, notes)
     except UnsupportedScanError:
         raise
     except Exception as exc:
@@ -109,45 +116,98 @@ def read_raster(path: Path) -> Scan:
         raise ScanReadError(f"{path.name} has shape {pixels.shape}; expected a 2D image")
     sixteen = mode.startswith("I;16") or mode in ("I", "I;16B") or pixels.max(initial=0) > 255
     storage = "uint16" if sixteen else "uint8"
+    mapping = {"slope": 1.0, "intercept": 0.0, "units": "pixel value", "modality": None}
+    if units is not None and pixels.ndim == 2:
+        mapping = _chunk_mapping(path, units)
+        if (mapping["slope"], mapping["intercept"]) != (1.0, 0.0):
+            notes.append(f"pixel values mapped to {mapping['units']} as recorded by medsingan "
+                         f"(value = {mapping['slope']:.6g} * pixel + {mapping['intercept']:.6g})")
     meta = ScanMetadata(
         format=RASTER_FORMATS[path.suffix.lower()],
         source_path=str(path.resolve()),
         sha256=sha256_of(path),
         rows=int(pixels.shape[0]),
         columns=int(pixels.shape[1]),
+        modality=mapping["modality"],
         bits_stored=16 if sixteen else 8,
         storage_dtype=storage,
-        units="pixel value",
+        rescale_slope=mapping["slope"],
+        rescale_intercept=mapping["intercept"],
+        units=mapping["units"],
         notes=notes,
     )
-    return Scan(image=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
+    image = pixels.astype(np.float64) * mapping["slope"] + mapping["intercept"]
+    return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
 
 
-def write_png(image: np.ndarray, like: ScanMetadata, path: Path, *,
-              bits: int | None = None) -> Path:
-    """Write an 8- or 16-bit grayscale PNG.
+# A tEXt chunk of medsingan's PNGs: how pixel values map to the scan's units (JSON).
+UNITS_CHUNK = "medsingan:intensity"
 
-    Stored values of the source are written as they are when they fit the PNG's unsigned
-    range (``bits`` defaults to 8 for 8-bit sources, else 16); a source whose stored range
-    does not fit (signed CT, floating-point NIfTI) is mapped linearly from its physical
-    range onto the full PNG range.
+
+def _chunk_mapping(path: Path, text: str) -> dict[str, Any]:
+    """The validated ``UNITS_CHUNK`` of a PNG: slope, intercept, units (and modality)."""
+    try:
+        data = json.loads(text)
+        slope, intercept = float(data["slope"]), float(data["intercept"])
+        units = str(data["units"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnsupportedScanError(f"{path.name}: its '{UNITS_CHUNK}' text chunk is corrupt "
+                                   f"({exc}); re-export the file") from None
+    if not (math.isfinite(slope) and slope != 0 and math.isfinite(intercept)):
+        raise UnsupportedScanError(f"{path.name}: its '{UNITS_CHUNK}' text chunk gives slope "
+                                   f"{slope:g} and intercept {intercept:g}; re-export the file")
+    return {"slope": slope, "intercept": intercept, "units": units,
+            "modality": data.get("modality") or None}
+
+
+def png_mapping(like: ScanMetadata, image: np.ndarray, bits: int,
+                clip_window: tuple[float, float] | None = None) -> tuple[float, float]:
+    """``(slope, intercept)`` of a PNG of ``image``: ``value = slope * pixel + intercept``.
+
+    A source whose stored integers fit the PNG keeps them (its own rescale); anything else
+    (signed CT, floating-point NIfTI, 32-bit) spreads an interval over the whole PNG range:
+    ``clip_window`` (the interval the image was clipped to, e.g. the CT window), else the
+    stored range mapped to physical units (signed 16-bit: stored + 32768), else the image's own
+    range. Either way the pixels keep display polarity (MONOCHROME1 is not inverted back).
+
+    >>> meta = ScanMetadata("dicom", "ct.dcm", "", 2, 2, bits_stored=16, signed=True,
+    ...                     storage_dtype="int16", rescale_intercept=-1024.0, units="HU")
+    >>> png_mapping(meta, np.zeros((2, 2)), 16, clip_window=(-160.0, 240.0))[1]
+    -160.0
+    """
+    top = 2**bits - 1
+    integer = not like.storage_dtype.startswith("float")
+    if integer and not like.signed and like.stored_range[1] <= top:
+        return like.rescale_slope, like.rescale_intercept
+    if clip_window is not None:
+        low, high = clip_window
+    elif integer and like.bits_stored <= bits:
+        low, high = like.physical_range
+    else:
+        low, high = float(image.min()), float(image.max())
+    return max(high - low, 1e-12) / top, float(low)
+
+
+def write_png(image: np.ndarray, like: ScanMetadata, path: Path, *, bits: int | None = None,
+              clip_window: tuple[float, float] | None = None) -> Path:
+    """Write an 8- or 16-bit grayscale PNG in display polarity (dense tissue bright).
+
+    ``bits`` defaults to 8 for sources of 8 bits or fewer, else 16. Pixels follow
+    :func:`png_mapping`; the mapping and the units are written in the ``UNITS_CHUNK`` text
+    chunk, which :func:`read_raster` applies, so a PNG of a CT reads back in HU.
     """
     bits = bits or (8 if like.bits_stored <= 8 else 16)
     dtype = np.uint8 if bits == 8 else np.uint16
-    top = np.iinfo(dtype).max
-    fits = (not like.storage_dtype.startswith("float") and not like.signed
-            and like.stored_range[1] <= top)
-    if fits:
-        values = like.to_stored(image).astype(dtype)
-    else:
-        low, high = float(image.min()), float(image.max())
-        if not like.storage_dtype.startswith("float"):
-            low, high = like.physical_range
-        scaled = (image.astype(np.float64) - low) / max(high - low, 1e-12) * top
-        values = np.clip(np.rint(scaled), 0, top).astype(dtype)
+    slope, intercept = png_mapping(like, image, bits, clip_window)
+    pixels = np.rint((image.astype(np.float64) - intercept) / slope)
+    values = np.clip(pixels, 0, np.iinfo(dtype).max).astype(dtype)
+    info = PngInfo()
+    info.add_text(UNITS_CHUNK, json.dumps({
+        "slope": slope, "intercept": intercept, "units": like.units,
+        "modality": like.modality, "polarity": "display"}))
     try:
         with atomic_path(path) as tmp:
-            Image.fromarray(values).save(tmp, format="PNG")
+            Image.fromarray(values).save(tmp, format="PNG", pnginfo=info)
     except OSError as exc:
         raise ScanWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path

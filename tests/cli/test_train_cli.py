@@ -101,3 +101,25 @@ def test_manifest_check_exit_codes(tmp_path):
     result = run_cli("manifest", "check", manifest)
     assert result.returncode == 1 and "leak" in result.stdout
     assert_one_line_error(run_cli("manifest", "check", tmp_path / "none.csv"), "no such")
+
+
+def test_burned_in_text_is_warned_about_in_train_and_augment(tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(tmp_path / "annotated.dcm")
+    run_dir = tmp_path / "run"
+    trained = run_cli("train", tmp_path / "annotated.dcm", "--out", run_dir, *TINY)
+    assert trained.returncode == 0, trained.stderr
+    warning = [line for line in trained.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "Burned In Annotation YES" in warning[0]
+    augmented = run_cli("augment", run_dir, "--n", "2", "--no-sifid", "--quiet",
+                        "--out", tmp_path / "samples", "--manifest", tmp_path / "m.csv")
+    assert augmented.returncode == 0, augmented.stderr
+    assert "warning: the source says Burned In Annotation YES" in augmented.stderr
+    summary = json.loads((tmp_path / "samples" / "summary.json").read_text())
+    assert any("Burned In Annotation" in w for w in summary["warnings"])
+    for sample in (tmp_path / "samples").glob("*.dcm"):
+        header = pydicom.dcmread(sample, stop_before_pixels=True)
+        assert header.BurnedInAnnotation == "YES" and header.PatientIdentityRemoved == "NO"

@@ -96,3 +96,27 @@ def test_a_cohort_is_one_series_and_lossy_sources_stay_flagged(tmp_path):
     assert all(w.LossyImageCompression == "01" for w in written)
     alone = pydicom.dcmread(write_scan(source.image, source.meta, tmp_path / "alone.dcm"))
     assert alone.SeriesInstanceUID != written[0].SeriesInstanceUID
+
+
+def test_burned_in_text_means_identity_not_claimed_removed(tmp_path):
+    """Only the header is de-identified: a film with burned-in text may still name the patient
+    in its pixels, so the derived header must not say that identity was removed."""
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(tmp_path / "annotated.dcm")
+    source = read_scan(tmp_path / "annotated.dcm")
+    written = pydicom.dcmread(write_scan(source.image, source.meta, tmp_path / "derived.dcm"))
+    assert written.BurnedInAnnotation == "YES"
+    assert written.PatientIdentityRemoved == "NO"
+    assert any("burned-in annotation not removed" in method
+               for method in written.DeidentificationMethod)
+    assert written.PatientID != ds.PatientID and written.PatientName != ds.PatientName
+    header = Dataset.from_json(deidentified_header(source.meta.dicom_header)["dataset"])
+    assert (header.BurnedInAnnotation, header.PatientIdentityRemoved) == ("YES", "NO")
+
+
+def test_clean_pixels_mean_identity_removed(tmp_path):
+    source = read_scan(dicom_file("eCT_Supplemental.dcm"))  # Burned In Annotation NO
+    written = pydicom.dcmread(write_scan(source.image, source.meta, tmp_path / "derived.dcm"))
+    assert (written.BurnedInAnnotation, written.PatientIdentityRemoved) == ("NO", "YES")
+    assert "burned-in" not in str(written.DeidentificationMethod)

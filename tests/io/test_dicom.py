@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from pydicom.pixels import apply_modality_lut
+from pydicom.sequence import Sequence
 
-from medsingan.errors import MissingDecoderError, ScanReadError, UnsupportedScanError
-from medsingan.io import read_scan, write_scan
+from medsingan.errors import (
+    MissingDecoderError,
+    ScanReadError,
+    ScanWriteError,
+    UnsupportedScanError,
+)
+from medsingan.io import ScanMetadata, read_scan, write_scan
+from medsingan.io.dicom import burned_in_annotation, write_dicom
 from tests.conftest import dciodvfy_errors, dicom_file
 
 
@@ -174,7 +182,7 @@ def test_resized_output_scales_pixel_spacing(tmp_path):
 
 @pytest.mark.usefixtures("dciodvfy")
 @pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG3_UNCR.dcm", "CT_small.dcm",
-                                  "MR2_UNCR.dcm", "emri_small.dcm"])
+                                  "MR2_UNCR.dcm", "emri_small.dcm", "eCT_Supplemental.dcm"])
 def test_written_dicom_passes_dciodvfy_like_its_source(tmp_path, name):
     scan = read_scan(dicom_file(name))
     out = write_scan(scan.image, scan.meta, tmp_path / "derived.dcm")
@@ -191,3 +199,150 @@ def test_failed_write_leaves_nothing(tmp_path, chest, monkeypatch):
     with pytest.raises(Exception, match="No space left"):
         write_scan(chest.image, chest.meta, tmp_path / "derived.dcm")
     assert list(tmp_path.iterdir()) == []
+
+
+def _transformation(slope: float, intercept: float) -> Sequence:
+    item = pydicom.Dataset()
+    item.RescaleSlope, item.RescaleIntercept, item.RescaleType = slope, intercept, "HU"
+    return Sequence([item])
+
+
+@pytest.mark.parametrize("frame", [0, 1])
+def test_enhanced_ct_frames_are_in_hounsfield_units(frame):
+    """eCT_Supplemental keeps its rescale in the shared functional groups, not at top level."""
+    source = pydicom.dcmread(dicom_file("eCT_Supplemental.dcm"))
+    assert "RescaleIntercept" not in source
+    shared = source.SharedFunctionalGroupsSequence[0]
+    (transformation,) = shared.PixelValueTransformationSequence
+    slope, intercept = float(transformation.RescaleSlope), float(transformation.RescaleIntercept)
+    scan = read_scan(dicom_file("eCT_Supplemental.dcm"), frame=frame)
+    expected = source.pixel_array[frame] * slope + intercept
+    np.testing.assert_array_equal(scan.image, expected.astype(np.float32))
+    assert (scan.meta.rescale_slope, scan.meta.rescale_intercept) == (slope, intercept) == \
+        (1.0, -1024.0)
+    (window,) = shared.FrameVOILUTSequence
+    assert (scan.meta.window_center, scan.meta.window_width) == \
+        (float(window.WindowCenter), float(window.WindowWidth))
+    # anatomy: air around the head near -1000 HU, the brain (grey and white matter, 20 to
+    # 45 HU) between CSF (about 5 HU) and fresh blood (about 60 HU)
+    image = scan.image
+    for corner in (image[:32, :32], image[:32, -32:], image[-32:, :32], image[-32:, -32:]):
+        assert -1050 < corner.mean() < -950
+    assert 15 < np.median(image[image > -500]) < 60
+
+
+def test_per_frame_rescale_wins_over_shared_and_top_level(tmp_path):
+    """Each frame's own Pixel Value Transformation applies, once, even when the file also
+    carries a shared one and a (non-standard) top-level rescale that MONAI's reader applies."""
+    ds = pydicom.dcmread(dicom_file("eCT_Supplemental.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -500
+    per_frame = [(2.0, -2048.0), (0.5, -1000.0)]
+    for item, (slope, intercept) in zip(ds.PerFrameFunctionalGroupsSequence, per_frame,
+                                        strict=True):
+        item.PixelValueTransformationSequence = _transformation(slope, intercept)
+    path = tmp_path / "per_frame.dcm"
+    ds.save_as(path)
+    stored = pydicom.dcmread(path).pixel_array
+    for frame, (slope, intercept) in enumerate(per_frame):
+        scan = read_scan(path, frame=frame)
+        np.testing.assert_allclose(scan.image, stored[frame] * slope + intercept, atol=1e-3)
+        assert (scan.meta.rescale_slope, scan.meta.rescale_intercept) == (slope, intercept)
+
+
+@pytest.mark.parametrize("frame", [0, 1])
+def test_enhanced_ct_round_trip_keeps_hounsfield_units(tmp_path, frame):
+    scan = read_scan(dicom_file("eCT_Supplemental.dcm"), frame=frame)
+    written = pydicom.dcmread(write_scan(scan.image, scan.meta, tmp_path / "derived.dcm"))
+    assert written.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # a Secondary Capture
+    assert written.RescaleType == "HU"
+    np.testing.assert_array_equal(apply_modality_lut(written.pixel_array, written), scan.image)
+    assert (float(written.WindowCenter), float(written.WindowWidth)) == (49.0, 102.0)
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "eCT_Supplemental.dcm"])
+def test_burned_in_annotation_survives_into_derived_files(tmp_path, name):
+    """Text burned into the film can survive in SinGAN's patches: the flag must survive too."""
+    ds = pydicom.dcmread(dicom_file(name))
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(tmp_path / "annotated.dcm")
+    scan = read_scan(tmp_path / "annotated.dcm")
+    assert burned_in_annotation(scan.meta) == "YES"
+    for keep_identifiers in (False, True):
+        out = write_scan(scan.image, scan.meta, tmp_path / f"derived_{keep_identifiers}.dcm",
+                         keep_identifiers=keep_identifiers)
+        assert pydicom.dcmread(out).BurnedInAnnotation == "YES"
+
+
+@pytest.mark.parametrize(("name", "flag"), [("eCT_Supplemental.dcm", "NO"),
+                                            ("CT_small.dcm", None)])
+def test_burned_in_annotation_no_or_absent_stays_so(tmp_path, name, flag):
+    assert pydicom.dcmread(dicom_file(name)).get("BurnedInAnnotation") == flag
+    scan = read_scan(dicom_file(name))
+    assert burned_in_annotation(scan.meta) == flag
+    written = pydicom.dcmread(write_scan(scan.image, scan.meta, tmp_path / "derived.dcm"))
+    assert written.get("BurnedInAnnotation") == flag
+
+
+def test_burned_in_annotation_is_unknown_without_a_dicom_header():
+    meta = ScanMetadata(format="png", source_path="film.png", sha256="0", rows=2, columns=2)
+    assert burned_in_annotation(meta) is None
+
+
+@pytest.mark.usefixtures("dciodvfy")
+def test_annotated_source_written_passes_dciodvfy_like_its_source(tmp_path):
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(tmp_path / "annotated.dcm")
+    scan = read_scan(tmp_path / "annotated.dcm")
+    out = write_scan(scan.image, scan.meta, tmp_path / "derived.dcm")
+    assert len(dciodvfy_errors(out)) <= len(dciodvfy_errors(tmp_path / "annotated.dcm"))
+
+
+@pytest.mark.parametrize(("name", "window"), [("CT_small.dcm", (-160.0, 240.0)),
+                                              ("RG1_UNCR.dcm", (10000.0, 30000.0))])
+def test_clip_window_becomes_the_display_window(tmp_path, name, window):
+    """The written window spans exactly the file's values: its ends are the clipped ones."""
+    scan = read_scan(dicom_file(name))
+    clipped = np.clip(scan.image, *window)
+    out = write_scan(clipped, scan.meta, tmp_path / "clipped.dcm", clip_window=window)
+    written = pydicom.dcmread(out)
+    values = apply_modality_lut(written.pixel_array, written)
+    center, width = float(written.WindowCenter), float(written.WindowWidth)
+    assert (values.min(), values.max()) == (center - width / 2, center + width / 2)
+    assert written.WindowCenterWidthExplanation == "MEDSINGAN CLIP"
+    assert written.DerivationDescription.endswith(
+        f"; intensities clipped to [{values.min():g}, {values.max():g}] {scan.meta.units}")
+
+
+def test_ct_clipped_to_soft_tissue_window_says_so(tmp_path, copy_to):
+    source = copy_to(dicom_file("CT_small.dcm"))
+    ds = pydicom.dcmread(source)
+    ds.WindowCenter, ds.WindowWidth = [40, 400], [400, 2000]
+    ds.WindowCenterWidthExplanation = ["SOFT", "BONE"]
+    ds.save_as(source)
+    scan = read_scan(source)
+    out = write_scan(np.clip(scan.image, -160, 240), scan.meta, tmp_path / "soft.dcm",
+                     clip_window=(-160, 240))
+    written = pydicom.dcmread(out)
+    assert (written.WindowCenter, written.WindowWidth) == (40, 400)  # one window, not two
+    assert written["WindowCenter"].VM == written["WindowWidth"].VM == 1
+    assert written.WindowCenterWidthExplanation == "MEDSINGAN CLIP"
+    assert written.DerivationDescription.endswith("; intensities clipped to [-160, 240] HU")
+    long = write_dicom(np.clip(scan.image, -160, 240), scan.meta, tmp_path / "long.dcm",
+                       description="x" * 2000, clip_window=(-160, 240))
+    description = pydicom.dcmread(long).DerivationDescription
+    assert len(description) <= 1024 and description.endswith("[-160, 240] HU")
+
+
+@pytest.mark.usefixtures("dciodvfy")
+def test_clipped_ct_passes_dciodvfy(tmp_path):
+    scan = read_scan(dicom_file("CT_small.dcm"))
+    out = write_scan(np.clip(scan.image, -160, 240), scan.meta, tmp_path / "soft.dcm",
+                     clip_window=(-160, 240))
+    assert dciodvfy_errors(out) == dciodvfy_errors(dicom_file("CT_small.dcm")) == []
+
+
+def test_clip_window_must_be_an_interval(tmp_path):
+    scan = read_scan(dicom_file("CT_small.dcm"))
+    with pytest.raises(ScanWriteError, match="low < high"):
+        write_scan(scan.image, scan.meta, tmp_path / "bad.dcm", clip_window=(240, -160))

@@ -169,3 +169,31 @@ def test_complex_voxels_are_refused_not_truncated(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "c.nii"))
     with pytest.raises(UnsupportedScanError, match="complex"):
         read_scan(tmp_path / "c.nii")
+
+
+@pytest.mark.parametrize("source", ["RG1_UNCR.dcm", "gradient.png"])
+def test_a_scan_without_patient_geometry_written_as_nifti_keeps_rows_and_columns(
+        tmp_path, source):
+    """A radiograph (no Image Position/Orientation) or a raster: DICOM's default plane,
+    rows to the patient's posterior and columns to the left, so every reader shows it as
+    stored: nibabel's voxel axes are the rows and the columns, and it reads back unturned."""
+    from PIL import Image
+
+    from tests.conftest import dicom_file
+
+    if source.endswith(".png"):
+        pixels = (np.arange(60 * 90).reshape(60, 90) * 3 % 251).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / source)
+        path = tmp_path / source
+    else:
+        path = dicom_file(source)
+    scan = read_scan(path)
+    image = scan.image[::8, ::8] if scan.shape[0] > 1000 else scan.image
+    out = write_scan(image, scan.meta, tmp_path / "slice.nii.gz")
+    written = nib.load(out)
+    assert written.shape[:2] == image.shape
+    np.testing.assert_allclose(written.get_fdata()[:, :, 0], image, atol=0.5)
+    assert nib.aff2axcodes(written.affine) == ("P", "L", "S")
+    back = read_scan(out)
+    assert back.shape == image.shape
+    np.testing.assert_allclose(back.image, image, atol=0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -58,13 +59,62 @@ def test_text_file_named_png_is_refused(tmp_path):
         read_scan(tmp_path / "fake.png")
 
 
-def test_dicom_source_written_as_png_keeps_stored_values(tmp_path):
-    scan = read_scan(dicom_file("RG3_UNCR.dcm"))
-    out = write_scan(scan.image[::8, ::8], scan.meta, tmp_path / "rg3.png")
+def chest_regions(pixels: np.ndarray) -> dict[str, float]:
+    """Mean of lung, spine and abdomen on the RG1_UNCR chest film (PA view)."""
+    rows, cols = pixels.shape
+    upper = slice(int(0.25 * rows), int(0.40 * rows))
+    return {
+        "lung": pixels[upper, int(0.20 * cols):int(0.35 * cols)].mean(),
+        "spine": pixels[upper, int(0.47 * cols):int(0.53 * cols)].mean(),
+        "abdomen": pixels[int(0.80 * rows):int(0.95 * rows)].mean(),
+    }
+
+
+def test_a_monochrome1_film_written_as_png_shows_bone_bright(tmp_path):
+    # RG1_UNCR is MONOCHROME1: low stored values are white. A PNG has no photometric
+    # interpretation, so it must hold what a viewer shows.
+    scan = read_scan(dicom_file("RG1_UNCR.dcm"))
+    out = write_scan(scan.image[::4, ::4], scan.meta, tmp_path / "chest.png")
     with Image.open(out) as written:
-        values = np.asarray(written)
-    assert values.dtype == np.uint16
-    np.testing.assert_array_equal(values, scan.meta.to_stored(scan.image[::8, ::8]))
+        values = np.asarray(written, dtype=float)
+    region = chest_regions(values)
+    assert region["spine"] > region["lung"] + 400 and region["abdomen"] > region["lung"]
+    # against pydicom: the PNG is the stored film inverted (display = max - stored)
+    stored = pydicom.dcmread(dicom_file("RG1_UNCR.dcm")).pixel_array[::4, ::4].astype(float)
+    assert np.corrcoef(values.ravel(), stored.ravel())[0, 1] < -0.999
+    assert read_scan(out).image == pytest.approx(scan.image[::4, ::4])
+
+
+def test_a_ct_written_as_png_fills_16_bits_and_reads_back_in_hu(tmp_path):
+    scan = read_scan(dicom_file("CT_small.dcm"))
+    source = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    hu = pydicom.pixels.apply_modality_lut(source.pixel_array, source).astype(float)
+    window = (-160.0, 240.0)
+    clipped = np.clip(scan.image, *window)
+    out = write_scan(clipped, scan.meta, tmp_path / "ct.png", clip_window=window)
+    with Image.open(out) as written:
+        values = np.asarray(written, dtype=float)
+    # the window spans the PNG's range: a viewer sees soft tissue, not a grey blank
+    assert values.min() == 0 and values.max() == 65535
+    assert np.corrcoef(values.ravel(), np.clip(hu, *window).ravel())[0, 1] > 0.9999
+    back = read_scan(out)
+    assert back.meta.units == "HU" and back.meta.modality == "CT"
+    np.testing.assert_allclose(back.image, np.clip(hu, *window), atol=400 / 65535)
+    # no window given: the whole int16 range, exact to the HU
+    full = read_scan(write_scan(scan.image, scan.meta, tmp_path / "full.png"))
+    np.testing.assert_allclose(full.image, hu, atol=1e-3)
+
+
+def test_a_corrupt_units_chunk_is_refused(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    from medsingan.io.raster import UNITS_CHUNK
+
+    info = PngInfo()
+    info.add_text(UNITS_CHUNK, '{"slope": 0, "intercept": 1, "units": "HU"}')
+    Image.fromarray(np.zeros((30, 30), np.uint16)).save(tmp_path / "bad.png", pnginfo=info)
+    with pytest.raises(UnsupportedScanError, match="slope 0"):
+        read_scan(tmp_path / "bad.png")
 
 
 @pytest.fixture
