@@ -21,7 +21,7 @@ demo: $(STAMP)
 		--out demo_output/chest_run --overwrite
 	$(BIN)/medsingan info demo_output/chest_run
 	@echo "run directory: demo_output/chest_run (samples_scale_*.png, curves.png, history.csv)"
-	@if $(BIN)/python -c "from medsingan.metrics.sifid import find_inception_weights as f; f()" \
+	@if $(BIN)/python -c "from medsingan.metrics.sifid import SifidScorer as S, find_inception_weights as f; S(f())" \
 		2>/dev/null; then sifid=""; else sifid="--no-sifid"; \
 		echo "note: no Inception weights for SIFID here: scoring without SIFID (see README)"; fi; \
 	$(BIN)/medsingan augment demo_output/chest_run --n 20 --start-scale N-1 \

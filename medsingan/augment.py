@@ -7,6 +7,7 @@ and a cohort is the same whatever the batch size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from medsingan.devices import resolve_device
-from medsingan.errors import ConfigError, RunDirError, ScanWriteError, warn_user
+from medsingan.errors import ConfigError, MedsinganError, RunDirError, ScanWriteError, warn_user
 from medsingan.generate import sample, scaled_shapes
 from medsingan.io import DerivedSeries, ScanMetadata, read_scan, write_scan
 from medsingan.io.atomic import atomic_path, sha256_of
@@ -40,10 +41,12 @@ from medsingan.model.container import TrainedPyramid
 from medsingan.model.noise import check_seed
 from medsingan.model.previews import save_sample_sheet
 from medsingan.preprocess import IntensityMapping
+from medsingan.roi import RegionCanvas, output_image
 from medsingan.train import load_run
 
 FORMAT_SUFFIX = {"dicom": ".dcm", "nifti": ".nii.gz", "png": ".png", "tiff": ".png",
-                 "jpeg": ".png", "dcm": ".dcm", "nii": ".nii.gz"}
+                 "jpeg": ".png", "dcm": ".dcm", "nii": ".nii.gz", "mha": ".mha",
+                 "nrrd": ".nrrd"}
 SETTINGS_FILE = "augment.json"
 GRID_FILE = "grid.png"
 SUMMARY_FILE = "summary.json"
@@ -132,6 +135,19 @@ def load_complete_run(run_dir: Path) -> tuple[TrainedPyramid, dict[str, Any]]:
     return pyramid, extra
 
 
+def latest_complete_run(folder: Path) -> Path:
+    """The complete run under ``folder`` whose weights were written last; RunDirError when
+    there is none."""
+    candidates = sorted(folder.glob("*/weights.safetensors"), key=lambda p: p.stat().st_mtime,
+                        reverse=True) if folder.is_dir() else []
+    for weights in candidates:
+        with contextlib.suppress(MedsinganError):
+            if load_run(weights.parent).is_complete:
+                return weights.parent
+    raise RunDirError(f"no RUN_DIR given and no complete run under {folder}/: give the run "
+                      "directory that medsingan train wrote")
+
+
 def source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
     """The run's source description (``config.json`` extra), ready for ``write_scan``."""
     meta = ScanMetadata.from_dict(extra["source"])
@@ -191,14 +207,12 @@ def augment(request: AugmentRequest) -> AugmentResult:
     shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
     meta = source_meta(extra, request.keep_identifiers)
     mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
-    # a CT window clips: every file and row says to what
-    clip_window = (mapping.low, mapping.high) if mapping.clips else None
-    window = mapping.interval(meta.units)
+    window = mapping.interval(meta.units)  # every file and row says what was clipped
     cohort = dict(extra.get("cohort") or {})
     label, split, subject = inherited_columns(request, cohort, meta)
     kind = meta.format if request.output_format == "same" else request.output_format
     if kind not in FORMAT_SUFFIX:
-        raise ConfigError(f"--format must be same, dcm, nii or png, not '{kind}'")
+        raise ConfigError(f"--format must be same, dcm, nii, png, mha or nrrd, not '{kind}'")
     suffix = FORMAT_SUFFIX[kind]
     if suffix == ".dcm" and meta.dicom_header is None:
         raise ConfigError("--format dcm needs a DICOM source; choose nii or png")
@@ -252,7 +266,9 @@ def augment(request: AugmentRequest) -> AugmentResult:
                 unit = images[k:k + 1].cpu()
                 if index < request.grid_size:
                     grid_units[index] = unit
-                physical = mapping.from_unit(unit[0, 0].numpy())
+                # a region run's sample replaces its region of the full-size source
+                physical, clip_window = output_image(
+                    unit, mapping, RegionCanvas.of_run(extra, mapping, pyramid.shapes[0]))
                 write_scan(physical, meta, names[index], keep_identifiers=request.keep_identifiers,
                            patient_id=subject, series=series.instance(index + 1),
                            clip_window=clip_window)
@@ -272,7 +288,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
             bar.advance(task, len(indices))
 
     for index in sorted(done):  # samples of an earlier, interrupted run: read back
-        unit = _read_unit(names[index], mapping, shapes[0])
+        unit = read_unit(names[index], mapping, shapes[0])
         cohort.add(unit)
         if index < request.grid_size:
             grid_units[index] = unit
@@ -343,7 +359,7 @@ def _sample_indices(pyramid: TrainedPyramid, indices: list[int], start: int, see
     return torch.cat(runs)
 
 
-def _read_unit(path: Path, mapping: IntensityMapping, shape: tuple[int, int]) -> torch.Tensor:
+def read_unit(path: Path, mapping: IntensityMapping, shape: tuple[int, int]) -> torch.Tensor:
     """A written sample read back and mapped to [-1, 1] (for the cohort's diversity)."""
     image = read_scan(path).image
     if image.shape != shape:

@@ -16,7 +16,27 @@ from typing import Annotated
 import typer
 
 from medsingan import __version__
-from medsingan.cli_options import KeepIdsOpt, ManifestOpt, RunArg
+from medsingan.cli_options import (
+    ItersOpt,
+    KeepIdsOpt,
+    ManifestOpt,
+    MaxSizeOpt,
+    MinSizeOpt,
+    Modality,
+    ModalityOpt,
+    OutputFormat,
+    PresetOpt,
+    RunArg,
+    ScanArg,
+    SeedOpt,
+    SifidVariant,
+    SpeedPreset,
+    TrainDeviceOpt,
+    VariantOpt,
+    WeightsOpt,
+    WindowOpt,
+)
+from medsingan.cohort_cli import register as register_cohort
 from medsingan.errors import MedsinganError, MedsinganWarning
 from medsingan.manipulate_cli import register as register_manipulations
 
@@ -31,32 +51,16 @@ app = typer.Typer(
 )
 
 
-class Modality(str, Enum):
-    auto = "auto"
-    xray = "xray"
-    ct = "ct"
-    mri = "mri"
-    dental = "dental"
-    generic = "generic"
-
-
-ScanArg = Annotated[Path, typer.Argument(help="Scan file: DICOM, NIfTI (.nii/.nii.gz), PNG, "
-                                          "TIFF or JPEG.", show_default=False)]
-ModalityOpt = Annotated[Modality, typer.Option(
-    "--modality", "-m", help="Modality preset; auto picks it from the DICOM Modality tag "
-    "(CR/DX/MG/RG/XA/RF -> xray, IO/PX -> dental, CT -> ct, MR -> mri, else generic).")]
-WindowOpt = Annotated[str | None, typer.Option(
-    "--window", help="CT window: lung, soft_tissue, bone or full [default: the preset's, "
-    "soft_tissue].", show_default=False)]
 FrameOpt = Annotated[int | None, typer.Option(
     "--frame", help="Frame of a multi-frame DICOM, from 0 [default: the middle frame].",
     show_default=False)]
 SliceOpt = Annotated[int | None, typer.Option(
-    "--slice", help="Slice index of a NIfTI volume along --slice-axis [default: the middle "
-    "slice].", show_default=False)]
+    "--slice", help="Slice of a NIfTI/MHA/NRRD volume along --slice-axis, or of a DICOM series "
+    "folder in order along the slice normal (0 = lowest) [default: the middle slice].",
+    show_default=False)]
 SliceAxisOpt = Annotated[int | None, typer.Option(
-    "--slice-axis", help="Voxel axis (0, 1 or 2) a NIfTI slice is taken across [default: "
-    "the volume's only one-voxel axis, else 2].", show_default=False)]
+    "--slice-axis", help="Voxel axis (0, 1 or 2; MHA/NRRD: SimpleITK's x, y, z) a slice is "
+    "taken across [default: the volume's only one-voxel axis, else 2].", show_default=False)]
 VolumeOpt = Annotated[int | None, typer.Option(
     "--volume", help="Volume of a 4D NIfTI, from 0 (required when it has several).",
     show_default=False)]
@@ -115,11 +119,6 @@ def inspect(
         typer.echo(f"preview     {preview}")
 
 
-class SpeedPreset(str, Enum):
-    fast = "fast"
-    paper = "paper"
-
-
 class Norm(str, Enum):
     batch = "batch"
     instance = "instance"
@@ -149,24 +148,15 @@ def train(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Run directory [default: runs/<scan name>].",
         show_default=False)] = None,
-    preset: Annotated[SpeedPreset, typer.Option(
-        "--preset", help="Hyper-parameter preset: fast (measured default) or paper (the "
-        "paper's settings exactly, ignoring the modality preset's training section).")
-    ] = SpeedPreset.fast,
+    preset: PresetOpt = SpeedPreset.fast,
     window: WindowOpt = None,
     frame: FrameOpt = None,
     slice_index: SliceOpt = None,
     slice_axis: SliceAxisOpt = None,
     volume: VolumeOpt = None,
-    iters: Annotated[int | None, typer.Option(
-        "--iters", help="Iterations per scale [default: preset's; paper 2000].",
-        show_default=False)] = None,
-    min_size: Annotated[int | None, typer.Option(
-        "--min-size", help="Shorter side of the coarsest scale, px [default: 25].",
-        show_default=False)] = None,
-    max_size: Annotated[int | None, typer.Option(
-        "--max-size", help="Longer side of the finest scale, px [default: 250].",
-        show_default=False)] = None,
+    iters: ItersOpt = None,
+    min_size: MinSizeOpt = None,
+    max_size: MaxSizeOpt = None,
     scale_factor: Annotated[float | None, typer.Option(
         "--scale-factor", help="Scale factor between scales, in (0, 1) [default: fast 0.7, "
         "paper 0.75; then adjusted so the coarsest side is exactly --min-size].",
@@ -194,11 +184,8 @@ def train(
     lr: Annotated[float | None, typer.Option(
         "--lr", help="Adam learning rate of generator and critic [default: 5e-4].",
         show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", help="Random seed [default: 0].", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(
-        "--device", help="auto, cpu, cuda or cuda:N [default: auto].",
-        show_default=False)] = None,
+    seed: SeedOpt = None,
+    device: TrainDeviceOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its last finished scale.")] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -214,6 +201,15 @@ def train(
         show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bars or per-scale summaries.")] = False,
+    roi: Annotated[str | None, typer.Option(
+        "--roi", help="X,Y,W,H: train on this region only (source px; X column, Y row of its "
+        "top-left corner) at the scan's native resolution; edit, harmonize, paint and augment "
+        "then write the full-size scan with only the region changed [default: the whole "
+        "scan].", show_default=False)] = None,
+    spacing: Annotated[float | None, typer.Option(
+        "--spacing", help="Pixel spacing, mm, the --roi region is resampled to before "
+        "training (not finer than the scan's) [default: the scan's own].",
+        show_default=False)] = None,
 ) -> None:
     """Train a SinGAN on one scan: one model per scan, written to a run directory."""
     from medsingan.runs import train_scan
@@ -228,7 +224,7 @@ def train(
                             slice_index=slice_index, slice_axis=slice_axis, volume=volume,
                             speed_preset=preset.value, overrides=overrides, resume=resume,
                             overwrite=overwrite, progress=not quiet, label=label,
-                            split=split, subject_id=subject_id)
+                            split=split, subject_id=subject_id, roi=roi, spacing=spacing)
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -260,33 +256,20 @@ def info(
     typer.echo(f"total       {summary['total_seconds']:.1f} s")
 
 
-class OutputFormat(str, Enum):
-    same = "same"
-    dcm = "dcm"
-    nii = "nii"
-    png = "png"
+def _latest_run(folder: Path = Path("runs")) -> Path:
+    """The most recently trained complete run under ``folder``, said on stderr."""
+    from medsingan.augment import latest_complete_run
 
-
-class SifidVariant(str, Enum):
-    paper = "paper"
-    fid64 = "fid64"
-
-
-WeightsOpt = Annotated[Path | None, typer.Option(
-    "--inception-weights", help="The Inception weights file of the SIFID variant: paper "
-    "inception_v3_google-0cc3c7bd.pth (torchvision), fid64 pt_inception-2015-12-05-6726825d.pth "
-    "(pytorch-fid) [default: $MEDSINGAN_INCEPTION_WEIGHTS, else torch's hub cache].",
-    show_default=False)]
-VariantOpt = Annotated[SifidVariant, typer.Option(
-    "--sifid-variant", help="paper: the paper's SIFID (torchvision ImageNet InceptionV3, "
-    "192 channels of Conv2d_4a_3x3 before the 2nd max-pool); fid64: pytorch-fid's 64-channel "
-    "block 0 (FID weights). Scores of two variants are not comparable.")]
-
+    run_dir = latest_complete_run(folder)
+    typer.echo(f"using {run_dir} (the most recently trained run under {folder}/)", err=True)
+    return run_dir
 
 
 @app.command()
 def augment(
-    run_dir: RunArg,
+    run_dir: Annotated[Path | None, typer.Argument(
+        help="A run directory written by train [default: the most recently trained complete "
+        "run under runs/].", show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 20,
     start_scale: Annotated[str, typer.Option(
         "--start-scale", help="Scale where fresh noise starts: N (coarsest, most variety), "
@@ -314,7 +297,8 @@ def augment(
         show_default=False)] = None,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="same: the source's format (DICOM -> de-identified derived DICOM, "
-        "NIfTI -> NIfTI with the source affine, PNG/TIFF/JPEG -> PNG).")] = OutputFormat.same,
+        "NIfTI -> NIfTI with the source affine, MHA/NRRD -> the same, PNG/TIFF/JPEG -> PNG).")
+    ] = OutputFormat.same,
     manifest: ManifestOpt = None,
     label: Annotated[str | None, typer.Option(
         "--label", help="Label column [default: the run's; another label than the run's is "
@@ -343,7 +327,8 @@ def augment(
     from medsingan.augment import augment as run_augment
 
     result = run_augment(AugmentRequest(
-        run_dir=run_dir, n=n, start_scale=start_scale, seed=seed, batch_size=batch_size,
+        run_dir=run_dir or _latest_run(), n=n, start_scale=start_scale, seed=seed,
+        batch_size=batch_size,
         height=height, width=width, scale_h=scale_h, scale_w=scale_w, out=out,
         output_format=output_format.value, manifest=manifest, label=label,
         split=split, subject_id=subject_id, sifid=not no_sifid,
@@ -387,12 +372,15 @@ def score(
                    f"{row['patch_swd']:.4g}")
     if report["diversity"] is not None:
         typer.echo(f"diversity {report['diversity']:.4f}")
+    if report["sifid_variant"]:
+        typer.echo(f"sifid variant {report['sifid_variant']}")
 
 
 register_manipulations(app)
 
 manifest_app = typer.Typer(help="Validate and combine CSV manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
+register_cohort(app, manifest_app)
 
 ManifestArg = Annotated[Path, typer.Argument(help="A manifest CSV.", show_default=False)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,3 +19,71 @@ LabelOpt = Annotated[str | None, typer.Option(
 KeepIdsOpt = Annotated[bool, typer.Option(
     "--keep-identifiers", help="Keep the source's patient identifiers in written DICOMs "
     "(needs the original source file).")]
+
+
+class SpeedPreset(str, Enum):
+    fast = "fast"
+    paper = "paper"
+
+
+PresetOpt = Annotated[SpeedPreset, typer.Option(
+    "--preset", help="Hyper-parameter preset: fast (measured default) or paper (the "
+    "paper's settings exactly, ignoring the modality preset's training section).")]
+ItersOpt = Annotated[int | None, typer.Option(
+    "--iters", help="Iterations per scale [default: preset's; paper 2000].",
+    show_default=False)]
+MinSizeOpt = Annotated[int | None, typer.Option(
+    "--min-size", help="Shorter side of the coarsest scale, px [default: 25].",
+    show_default=False)]
+MaxSizeOpt = Annotated[int | None, typer.Option(
+    "--max-size", help="Longer side of the finest scale, px [default: 250].",
+    show_default=False)]
+SeedOpt = Annotated[int | None, typer.Option(
+    "--seed", help="Random seed [default: 0].", show_default=False)]
+TrainDeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="auto, cpu, cuda or cuda:N [default: auto].", show_default=False)]
+
+
+class Modality(str, Enum):
+    auto = "auto"
+    xray = "xray"
+    ct = "ct"
+    mri = "mri"
+    dental = "dental"
+    generic = "generic"
+
+
+ScanArg = Annotated[Path, typer.Argument(help="Scan file (DICOM, NIfTI .nii/.nii.gz, MHA/MHD, "
+                                          "NRRD, PNG, TIFF or JPEG) or a folder of one DICOM "
+                                          "series.", show_default=False)]
+ModalityOpt = Annotated[Modality, typer.Option(
+    "--modality", "-m", help="Modality preset; auto picks it from the DICOM Modality tag "
+    "(CR/DX/MG/RG/XA/RF -> xray, IO/PX -> dental, CT -> ct, MR -> mri, else generic).")]
+WindowOpt = Annotated[str | None, typer.Option(
+    "--window", help="CT window: lung, soft_tissue, bone or full [default: the preset's, "
+    "soft_tissue].", show_default=False)]
+
+
+class OutputFormat(str, Enum):
+    same = "same"
+    dcm = "dcm"
+    nii = "nii"
+    png = "png"
+    mha = "mha"
+    nrrd = "nrrd"
+
+
+class SifidVariant(str, Enum):
+    paper = "paper"
+    fid64 = "fid64"
+
+
+WeightsOpt = Annotated[Path | None, typer.Option(
+    "--inception-weights", help="The Inception weights file of the SIFID variant: paper "
+    "inception_v3_google-0cc3c7bd.pth (torchvision), fid64 pt_inception-2015-12-05-6726825d.pth "
+    "(pytorch-fid) [default: $MEDSINGAN_INCEPTION_WEIGHTS, else torch's hub cache].",
+    show_default=False)]
+VariantOpt = Annotated[SifidVariant, typer.Option(
+    "--sifid-variant", help="paper: the paper's SIFID (torchvision ImageNet InceptionV3, "
+    "192 channels of Conv2d_4a_3x3 before the 2nd max-pool); fid64: pytorch-fid's 64-channel "
+    "block 0 (FID weights). Scores of two variants are not comparable.")]

@@ -15,11 +15,7 @@ import torch
 
 from medsingan.errors import ConfigError
 from medsingan.model.container import TrainedPyramid
-from medsingan.model.noise import draw_noise, seeded_generator
-
-# Sampling draws from (seed, _SAMPLE_STREAM, index): a key of its own, so that no sample can
-# coincide with the trainer's streams (seed, 1, ...) and z* (seed, 2) when seeds are equal.
-_SAMPLE_STREAM = 3
+from medsingan.model.noise import Stream, draw_noise, seeded_generator
 
 
 def _check_scales(pyramid: TrainedPyramid, start_scale: int, end_scale: int) -> None:
@@ -56,7 +52,7 @@ def sample_noise(pyramid: TrainedPyramid, start_scale: int, end_scale: int, seed
                  index: int, shapes: list[tuple[int, int]] | None = None) -> list[torch.Tensor]:
     """Unit noise maps ``(1, C, h, w)`` of sample ``index``, scales ``start_scale..end_scale``
     (sizes from ``shapes``, default the pyramid's)."""
-    generator = seeded_generator(seed, _SAMPLE_STREAM, index)
+    generator = seeded_generator(seed, Stream.SAMPLE, index)
     channels = pyramid.z_star.shape[1]
     shapes = shapes or pyramid.shapes
     return [

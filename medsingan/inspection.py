@@ -94,6 +94,9 @@ def describe(inspection: Inspection) -> list[str]:
                          ("volume", meta.volume)):
         if value is not None:
             lines.append(f"{label:<12}{value}")
+    if meta.series_folder is not None:
+        lines.append(f"series      slice {meta.series_index} of {meta.series_slices} "
+                     f"(0..{meta.series_slices - 1}) in {meta.series_folder}")
     mapping = inspection.mapping
     lines.append(f"preset      {inspection.preset.name}: {mapping.detail}, "
                  f"[{mapping.low:g}, {mapping.high:g}] {meta.units} -> [-1, 1]")

@@ -48,7 +48,7 @@ import csv
 import math
 import os
 import posixpath
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -93,6 +93,8 @@ _IDENTITY_COLUMNS = ("split", "label", "subject_id", "synthetic", "method", "sou
 _MERGED_PATH_COLUMNS = ("image", "source_image", "model", "mask")
 
 Record = dict[str, str]
+# How long an append waits for another process's (seconds): appends take milliseconds.
+_LOCK_TIMEOUT_S = 120
 
 
 class ManifestError(MedsinganError):
@@ -403,6 +405,37 @@ def append_rows(manifest_path: str | os.PathLike[str], rows: Iterable[ManifestRo
     an interrupted run).
     """
     path = Path(manifest_path)
+    with _updating(path):
+        return _append_rows(path, rows, on_existing)
+
+
+@contextlib.contextmanager
+def _updating(path: Path) -> Iterator[None]:
+    """Hold the manifest's lock while it is read and rewritten, so that processes appending
+    to one manifest (on one machine or on several sharing its folder) never lose each
+    other's rows. The lock file is ``.<name>.lock`` beside the manifest; it stays there."""
+    from filelock import FileLock, Timeout
+
+    real = Path(os.path.realpath(path))
+    lock = FileLock(str(real.with_name(f".{real.name}.lock")), timeout=_LOCK_TIMEOUT_S)
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        raise ManifestError(f"{path}: another process has held its lock for "
+                            f"{_LOCK_TIMEOUT_S} s; if none is running, remove "
+                            f"{lock.lock_file}") from None
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot lock the manifest ({error.strerror or error})"
+                            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _append_rows(path: Path, rows: Iterable[ManifestRow],
+                 on_existing: Literal["error", "replace", "skip"]) -> int:
     header, records = _read_records(path) if path.exists() else (list(COLUMNS), [])
     position = {_normalise(record["image"]): i for i, record in enumerate(records)}
     written = 0
@@ -432,6 +465,11 @@ def set_column(manifest_path: str | os.PathLike[str], images: Iterable[str], col
     atomically; return how many rows changed. Used for cohort-level scores (diversity) known
     only once every sample is written."""
     path = Path(manifest_path)
+    with _updating(path):
+        return _set_column(path, images, column, value)
+
+
+def _set_column(path: Path, images: Iterable[str], column: str, value: object) -> int:
     header, records = _read_records(path)
     if column not in header:
         raise ManifestError(f"{path}: no column {column!r}")

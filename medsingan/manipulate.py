@@ -12,11 +12,16 @@ otherwise; scale 0 is the finest, ``N`` the coarsest.
   ``r`` and blurred by a Gaussian of width ``sigma`` (paper: ``r`` 20 px for editing, 7 for
   harmonization, ``sigma`` 5, for ~250 px images; scaled down for smaller runs). The blur is cut at
   ``3 sigma``, so every pixel farther than ``r + ceil(3 sigma)`` from the mask equals the scan
-  exactly.
+  exactly (the blend weights are :mod:`medsingan.roi`'s).
 * **paint**: a coarse drawing is injected at a coarse scale (default ``N-1``), no blending.
 * **super-resolve**: the finest generator is applied repeatedly, each step up-sampling by
   ``factor ** (1 / steps)`` (about ``2 ** (1/3)``: 6 steps for x4) and adding noise of the finest
   noise amplitude.
+* **region runs** (``train --roi``, :mod:`medsingan.roi`): ``--at``, the box columns of the
+  manifest and a full-size composite and mask are in source pixels; every output is the
+  full-size source with only the region changed (an edit blended by its mask, a painting
+  replacing the region with the region taper); super-resolution is refused (its output is
+  larger than the region it would replace).
 
 The seam score of an image along a mask is the mean gradient magnitude on the mask's border
 (the pixels on either side of it) divided by the mean gradient magnitude of the source scan;
@@ -52,17 +57,12 @@ from medsingan.io.dicom import source_warnings
 from medsingan.manifest import ManifestRow, append_rows, check_appendable, relative_to_manifest
 from medsingan.metrics.diversity import similarity_to_source
 from medsingan.model.container import TrainedPyramid
-from medsingan.model.noise import check_seed, draw_noise, seeded_generator
+from medsingan.model.noise import Stream, check_seed, draw_noise, seeded_generator
 from medsingan.model.previews import save_sample_sheet
 from medsingan.preprocess import IntensityMapping
 from medsingan.pyramid import resize
+from medsingan.roi import RegionCanvas, blend, blend_margin, blend_mask, output_image
 
-# Super-resolution noise has a stream of its own (the trainer uses 1 and 2, sampling 3).
-_SUPER_RESOLUTION_STREAM = 4
-# The paper's blend parameters are for images of about this longer side, px.
-_PAPER_IMAGE_SIDE = 250
-BLEND_RADIUS = {"edit": 20, "harmonize": 7}
-BLEND_SIGMA = 5.0
 # A composite or painting may differ this much (relative) in aspect ratio from the run's scan.
 _ASPECT_TOLERANCE = 0.05
 MAX_SUPER_RESOLUTION_FACTOR = 16.0
@@ -155,61 +155,6 @@ def composite_insertion(real: torch.Tensor, composite: torch.Tensor,
     return Insertion(resize(composite, shape).clamp(-1, 1), small, mask_box(small))
 
 
-def blend_parameters(shape: tuple[int, int], mode: str) -> tuple[int, float]:
-    """Dilation radius (px) and blur sigma (px) of the blend mask for an image of ``shape``.
-
-    The paper's values (radius 20 for ``edit``, 7 for ``harmonize``, sigma 5) hold for ~250 px
-    images; smaller images get them scaled by ``longer side / 250``.
-    """
-    zoom = min(1.0, max(shape) / _PAPER_IMAGE_SIDE)
-    return max(1, round(BLEND_RADIUS[mode] * zoom)), max(0.5, BLEND_SIGMA * zoom)
-
-
-def blend_margin(shape: tuple[int, int], mode: str) -> int:
-    """Pixels farther than this from the mask (chessboard distance) are left exactly as they are."""
-    radius, sigma = blend_parameters(shape, mode)
-    return radius + math.ceil(3 * sigma)
-
-
-def _disk(radius: int) -> torch.Tensor:
-    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    return ((steps[:, None] ** 2 + steps[None, :] ** 2) <= radius**2).float()[None, None]
-
-
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of a ``(1, 1, h, w)`` mask by a disk of ``radius`` px."""
-    hits = F.conv2d((mask > 0).float(), _disk(radius).to(mask), padding=radius)
-    return (hits > 0.5).float()
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur cut at ``ceil(3 sigma)`` px; the edge pixels are repeated
-    outside the image, so a mask touching the border keeps its full weight there."""
-    radius = math.ceil(3 * sigma)
-    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(steps**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(image)
-    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
-    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))
-
-
-def blend_mask(mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """The soft blend weight ``m`` in [0, 1]: mask dilated, blurred, normalised to max 1.
-
-    ``m`` is exactly 0 beyond :func:`blend_margin` of the mask.
-    """
-    radius, sigma = blend_parameters(tuple(mask.shape[-2:]), mode)
-    soft = gaussian_blur(dilate(mask, radius), sigma)
-    soft = torch.where(soft > 0, soft, torch.zeros_like(soft))  # no round-off below zero
-    return (soft / soft.max()).clamp(0, 1)
-
-
-def blend(real: torch.Tensor, generated: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``(1 - m) * real + m * generated``: equal to ``real`` wherever ``m`` is 0."""
-    return torch.where(weight > 0, (1 - weight) * real + weight * generated, real)
-
-
 @torch.no_grad()
 def inject(pyramid: TrainedPyramid, image: torch.Tensor, scale: int, seed: int,
            indices: list[int]) -> torch.Tensor:
@@ -236,7 +181,7 @@ def super_resolution(pyramid: TrainedPyramid, factor: float, seed: int,
     generator, amp = pyramid.generators[0], pyramid.noise_amps[0]
     height, width = pyramid.shapes[0]
     steps = super_resolution_steps(factor)
-    randomness = [seeded_generator(seed, _SUPER_RESOLUTION_STREAM, i) for i in indices]
+    randomness = [seeded_generator(seed, Stream.SUPER_RESOLUTION, i) for i in indices]
     x = pyramid.reals[0].expand(len(indices), -1, -1, -1)
     for step in range(1, steps + 1):
         zoom = factor ** (step / steps)
@@ -351,11 +296,13 @@ class ManipulationResult:
     inject_scale: int | None = None
     seam: dict[str, Any] | None = None
     images: torch.Tensor | None = None
+    region: str | None = None
 
 
 @dataclass
 class _Run:
-    """A loaded run and what its outputs inherit."""
+    """A loaded run and what its outputs inherit; ``canvas`` is a region run's full-size
+    source (``None`` for a whole-scan run)."""
 
     run_dir: Path
     pyramid: TrainedPyramid
@@ -365,6 +312,7 @@ class _Run:
     split: str
     subject: str
     suffix: str
+    canvas: RegionCanvas | None = None
 
     @property
     def real(self) -> torch.Tensor:
@@ -381,11 +329,14 @@ def _open_run(request: ManipulationRequest) -> _Run:
     meta = source_meta(extra, request.keep_identifiers)
     cohort = dict(extra.get("cohort") or {})
     label = request.label if request.label is not None else cohort.get("label", "")
-    return _Run(run_dir=Path(request.run_dir), pyramid=pyramid, extra=extra,
-                mapping=IntensityMapping.from_dict(extra["intensity_mapping"]), label=label,
-                split=cohort.get("split", ""),
+    mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
+    canvas = RegionCanvas.of_run(extra, mapping, pyramid.shapes[0])
+    note = canvas.resize_note() if canvas is not None else None
+    warn_user([note] if note else [])
+    return _Run(run_dir=Path(request.run_dir), pyramid=pyramid, extra=extra, mapping=mapping,
+                label=label, split=cohort.get("split", ""),
                 subject=cohort.get("subject_id") or f"src-{meta.sha256[:12]}",
-                suffix=FORMAT_SUFFIX[meta.format])
+                suffix=FORMAT_SUFFIX[meta.format], canvas=canvas)
 
 
 def _read_unit(path: Path, run: _Run, intensity: str, what: str) -> torch.Tensor:
@@ -431,6 +382,47 @@ def _parse_point(at: str | tuple[int, int]) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _lesion_in_region(canvas: RegionCanvas, patch: torch.Tensor,
+                      patch_mask: torch.Tensor | None, at: tuple[int, int]
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+    """A patch (source pixels) with its top-left corner at source pixel ``at`` of a region
+    run, as patch, mask and corner in the run's pixels."""
+    region = canvas.region
+    height, width = patch.shape[-2:]
+    if width > region.w or height > region.h:
+        raise ConfigError(f"the lesion patch ({width} x {height} px) is larger than the run's "
+                          f"region ({region.w} x {region.h} px)")
+    x, y = at
+    last_x, last_y = region.x + region.w - width, region.y + region.h - height
+    if not (region.x <= x <= last_x and region.y <= y <= last_y):
+        raise ConfigError(f"--at {x},{y} puts the {width} x {height} px patch outside the "
+                          f"run's region {region} (X,Y,W,H in source px): X must lie in "
+                          f"{region.x}..{last_x}, Y in {region.y}..{last_y}")
+    if patch_mask is not None and patch_mask.shape == patch.shape:
+        patch_mask = (canvas.to_run(patch_mask, "bilinear") >= 0.5).float()
+    return canvas.to_run(patch).clamp(-1, 1), patch_mask, canvas.point_to_run(x, y)
+
+
+def _composite_in_region(canvas: RegionCanvas, composite: torch.Tensor,
+                         mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A region run's composite and mask: of the full source's size (the region is cut out
+    of them; the mask must lie inside it), or of the region's size (kept)."""
+    region, shape = canvas.region, tuple(composite.shape[-2:])
+    if shape == canvas.source.shape and tuple(mask.shape[-2:]) == shape:
+        outside = mask.clone()
+        outside[(..., *region.slices)] = 0
+        if bool(outside.any()):
+            raise ConfigError(f"--mask marks pixels outside the run's region {region} (X,Y,W,H "
+                              "in source px): a region run changes its region only")
+        return canvas.crop(composite), canvas.crop(mask)
+    if shape not in (canvas.source.shape, region.shape):
+        rows, columns = canvas.source.shape
+        raise ConfigError(f"a region run's --composite is the full scan ({columns} x {rows} "
+                          f"px) or its region ({region.w} x {region.h} px), not {shape[1]} x "
+                          f"{shape[0]} px")
+    return composite, mask
+
+
 def _insertion(request: EditRequest, run: _Run) -> Insertion:
     """The naive composite of an edit request (either interface), validated."""
     by_lesion = request.lesion is not None
@@ -443,13 +435,19 @@ def _insertion(request: EditRequest, run: _Run) -> Insertion:
             raise ConfigError("--mask goes with --composite; a lesion's mask is --lesion-mask")
         patch = _read_unit(request.lesion, run, request.intensity, "the lesion patch")
         patch_mask = None if request.lesion_mask is None else _read_mask(request.lesion_mask)
-        return paste_lesion(run.real, patch, _parse_point(request.at), patch_mask)
+        at = _parse_point(request.at)
+        if run.canvas is not None:
+            patch, patch_mask, at = _lesion_in_region(run.canvas, patch, patch_mask, at)
+        return paste_lesion(run.real, patch, at, patch_mask)
     if request.mask is None:
         raise ConfigError("--composite needs --mask MASK (non-zero where the scan was edited)")
     if request.at is not None or request.lesion_mask is not None:
         raise ConfigError("--at and --lesion-mask go with --lesion, not --composite")
     composite = _read_unit(request.composite, run, request.intensity, "the composite")
-    return composite_insertion(run.real, composite, _read_mask(request.mask))
+    mask = _read_mask(request.mask)
+    if run.canvas is not None:
+        composite, mask = _composite_in_region(run.canvas, composite, mask)
+    return composite_insertion(run.real, composite, mask)
 
 
 def _targets(request: ManipulationRequest, run: _Run, method: str,
@@ -471,13 +469,21 @@ def _targets(request: ManipulationRequest, run: _Run, method: str,
 
 def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.Tensor,
            start_scale: int | None, sheet: list[torch.Tensor], mask: torch.Tensor | None = None,
-           extra: dict[str, Any] | None = None) -> ManipulationResult:
+           extra: dict[str, Any] | None = None,
+           region_blend: tuple[torch.Tensor, torch.Tensor] | None = None) -> ManipulationResult:
     """Write the images in the source's format, the mask PNG, the contact sheet, and manifest
-    rows (everything is checked before the first file is written)."""
+    rows (everything is checked before the first file is written).
+
+    A region run writes the full-size source with its region composited: from
+    ``region_blend = (generated, weight)`` (an edit's re-synthesised images and their blend
+    weight), else from the images with the region taper; its mask PNG is full-size too.
+    """
     out, manifest, names, mask_path = _targets(request, run, method, mask is not None)
     meta = source_meta(run.extra, request.keep_identifiers)
     warn_user(source_warnings(meta))
     images = images.detach().cpu().clamp(-1, 1)  # as written, so scored as written
+    outputs, weight = (images, None) if run.canvas is None or region_blend is None \
+        else region_blend
     same_size = tuple(images.shape[-2:]) == run.pyramid.shapes[0]
     similarity = (similarity_to_source(images, run.real.cpu()) if same_size
                   else [None] * len(images))
@@ -486,7 +492,9 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     try:
         out.mkdir(parents=True, exist_ok=True)
         if mask_path is not None and mask is not None:
-            pixels = (mask[0, 0].cpu().numpy() > 0).astype(np.uint8) * 255
+            inside = (mask[0, 0].cpu().numpy() > 0 if run.canvas is None
+                      else run.canvas.full_mask(mask))
+            pixels = inside.astype(np.uint8) * 255
             with atomic_path(mask_path) as tmp:
                 Image.fromarray(pixels).save(tmp, format="PNG")
             written.append(mask_path)
@@ -494,11 +502,11 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
         rows = []
         series = DerivedSeries.for_key()  # the variants of one command: one series
         for k, path in enumerate(names):
-            physical = run.mapping.from_unit(images[k, 0].numpy())
+            physical, clip_window = output_image(outputs[k:k + 1], run.mapping, run.canvas,
+                                                 weight)
             write_scan(physical, meta, path, keep_identifiers=request.keep_identifiers,
                        patient_id=run.subject, series=series.instance(k + 1),
-                       clip_window=(run.mapping.low, run.mapping.high) if run.mapping.clips
-                       else None)
+                       clip_window=clip_window)
             written.append(path)
             rows.append(ManifestRow(
                 image=str(path.resolve()), label=run.label, split=run.split, synthetic=True,
@@ -520,7 +528,8 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     grid = out / f"{method}_grid.png"
     save_sample_sheet(grid, [s.detach().cpu() for s in sheet], columns=len(sheet))
     return ManipulationResult(out=out, manifest=manifest, written=names, mask=mask_path,
-                              grid=grid, inject_scale=start_scale, images=images)
+                              grid=grid, inject_scale=start_scale, images=images,
+                              region=None if run.canvas is None else str(run.canvas.region))
 
 
 def _inject_scale(text: str | int, pyramid: TrainedPyramid) -> int:
@@ -542,18 +551,22 @@ def _edit(request: EditRequest, mode: str) -> ManipulationResult:
     if request.label is None or not request.label.strip():
         raise ConfigError(f"{mode} inserts a finding: name it with --label (e.g. fracture); "
                           f"the source's label would no longer describe the image")
+    weight = blend_mask(insertion.mask.to(pyramid.device), mode)
+    if run.canvas is not None:
+        run.canvas.check_within(weight, blend_margin(pyramid.shapes[0], mode))
     _targets(request, run, mode, with_mask=True)  # fail before any work
     indices = list(range(request.n))
     generated = inject(pyramid, insertion.composite, scale, request.seed, indices)
-    weight = blend_mask(insertion.mask.to(pyramid.device), mode)
     results = blend(run.real, generated, weight)
     seam = seam_report(run.real, insertion.composite, results, insertion.mask)
-    x, y, w, h = insertion.box
+    box = insertion.box if run.canvas is None else run.canvas.box_to_source(insertion.box)
+    x, y, w, h = box
     result = _write(request, run, mode, results, scale,
                     [run.real, insertion.composite, *results.split(1)], insertion.mask,
                     {"lesion_x": x, "lesion_y": y, "lesion_w": w, "lesion_h": h,
-                     "seam_naive": seam["naive"], "seam": seam["results"]})
-    result.box, result.seam = insertion.box, seam
+                     "seam_naive": seam["naive"], "seam": seam["results"]},
+                    region_blend=(generated, weight))
+    result.box, result.seam = box, seam
     return result
 
 
@@ -572,7 +585,8 @@ def harmonize(request: EditRequest) -> ManipulationResult:
 
 def paint(request: PaintRequest) -> ManipulationResult:
     """Turn a coarse drawing of anatomy (the scan's aspect ratio, any size) into texture: it is
-    down-sampled and injected at ``inject_scale`` (default ``N-1``); no blending."""
+    down-sampled and injected at ``inject_scale`` (default ``N-1``); no blending, except that a
+    region run's painting replaces its region with the region taper at the border."""
     run = _open_run(request)
     if request.paint is None:
         raise ConfigError("paint needs --paint FILE (a coarse drawing of the scan)")
@@ -593,6 +607,10 @@ def super_resolve(request: SuperResolveRequest) -> ManipulationResult:
         raise ConfigError(f"--factor must lie in (1, {MAX_SUPER_RESOLUTION_FACTOR:g}], "
                           f"got {request.factor:g}")
     run = _open_run(request)
+    if run.canvas is not None:
+        raise ConfigError(f"super-resolve makes images larger than the region ({run.canvas.region}"
+                          ") that a region run writes back into its source: super-resolve a "
+                          "whole-scan run")
     _targets(request, run, "super_resolution", with_mask=False)
     results = super_resolution(run.pyramid, request.factor, request.seed, list(range(request.n)))
     bicubic = resize(run.real, tuple(results.shape[-2:])).clamp(-1, 1)

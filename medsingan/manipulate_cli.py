@@ -34,16 +34,18 @@ OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Replace output files already there.")]
 LesionOpt = Annotated[Path | None, typer.Option(
     "--lesion", exists=True, dir_okay=False, help="Patch to insert (any readable scan or crop), "
-    "pasted as is in px of the run's finest scale; needs --at.", show_default=False)]
+    "pasted as is in px of the run's finest scale (of the source, for a region run); needs "
+    "--at.", show_default=False)]
 AtOpt = Annotated[str | None, typer.Option(
-    "--at", help="X,Y: column and row (px of the run's finest scale) of the patch's top-left "
-    "corner.", show_default=False)]
+    "--at", help="X,Y: column and row of the patch's top-left corner, in px of the run's "
+    "finest scale (of the source, for a region run: inside its --roi).", show_default=False)]
 LesionMaskOpt = Annotated[Path | None, typer.Option(
     "--lesion-mask", exists=True, dir_okay=False, help="Mask of the patch's size, non-zero "
     "on the finding [default: the whole patch].", show_default=False)]
 CompositeOpt = Annotated[Path | None, typer.Option(
     "--composite", exists=True, dir_okay=False, help="Your own edited scan (the scan's aspect "
-    "ratio, any size); needs --mask.", show_default=False)]
+    "ratio, any size; for a region run the full-size scan or its region); needs --mask.",
+    show_default=False)]
 MaskOpt = Annotated[Path | None, typer.Option(
     "--mask", exists=True, dir_okay=False, help="Mask of the composite's size, non-zero where "
     "it was edited.", show_default=False)]
@@ -55,6 +57,9 @@ InjectOpt = Annotated[str | None, typer.Option(
 
 def _report(result: ManipulationResult) -> None:
     typer.echo(f"{len(result.written)} file(s) written to {result.out}")
+    if result.region is not None:
+        typer.echo(f"region {result.region} (X,Y,W,H, source px): the outputs are the "
+                   "full-size scan with only this region changed")
     if result.box is not None:
         x, y, w, h = result.box
         typer.echo(f"edited box: x {x}, y {y}, w {w}, h {h} px; mask {result.mask}; "

@@ -44,10 +44,10 @@ class IntensityMapping:
         return ((clipped + 1.0) / 2.0 * (self.high - self.low) + self.low).astype(np.float32)
 
     @property
-    def clips(self) -> bool:
-        """Whether values outside [low, high] are lost: every method but the radiograph's
-        whole stored range (a CT window, MR percentiles) clips."""
-        return self.method != "range"
+    def clip_window(self) -> tuple[float, float] | None:
+        """``(low, high)`` when values outside it are lost (a CT window, MR percentiles);
+        ``None`` for a radiograph's whole stored range, which clips nothing."""
+        return None if self.method == "range" else (self.low, self.high)
 
     def interval(self, units: str) -> str:
         """``[low, high]`` in words, e.g. ``-160..240 HU``.

@@ -21,6 +21,8 @@ from medsingan.io.dicom import source_warnings
 from medsingan.model.container import TrainedPyramid
 from medsingan.preprocess import prepare_scan
 from medsingan.presets import resolve_preset
+from medsingan.pyramid import pyramid_shapes
+from medsingan.roi import Region, region_unit
 from medsingan.train import TrainConfig, train
 
 TRAINING_PRESETS = ("fast", "paper")
@@ -49,7 +51,8 @@ def resolve_train_config(speed_preset: str, modality_train: dict[str, Any],
 def default_run_dir(scan_path: Path) -> Path:
     """``runs/<scan name without its suffixes>``."""
     name = scan_path.name
-    for suffix in (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".tiff", ".tif", ".jpeg", ".jpg"):
+    for suffix in (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".tiff", ".tif", ".jpeg", ".jpg",
+                   ".mha", ".mhd", ".nrrd", ".nhdr"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -63,7 +66,9 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
                speed_preset: str = "fast", overrides: dict[str, Any] | None = None,
                resume: bool = False, overwrite: bool = False, progress: bool = True,
                last_scale: int = 0, label: str = "", split: str = "",
-               subject_id: str | None = None) -> tuple[Path, TrainedPyramid]:
+               subject_id: str | None = None,
+               roi: str | tuple[int, int, int, int] | None = None,
+               spacing: float | None = None) -> tuple[Path, TrainedPyramid]:
     """Train a SinGAN on one scan slice; returns the run directory and the trained pyramid.
 
     The run's ``config.json`` records, under ``extra``, the source (path, sha256, geometry,
@@ -71,12 +76,23 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
     modality preset and the intensity mapping, so that samples can be written back in the
     source's format and units; and the cohort facts every synthetic sample inherits: ``label``,
     ``split`` and ``subject_id`` (default: a pseudonym from the source file's hash).
+
+    ``roi = (x, y, w, h)`` (or ``"X,Y,W,H"``, source pixels: column and row of the top-left
+    corner) trains on that region only, cut at full resolution before the preset's
+    ``max_size`` applies, optionally resampled to ``spacing`` mm per pixel; ``extra["roi"]``
+    records it, and the run's outputs are the full-size source with only the region changed
+    (:mod:`medsingan.roi`). The intensity mapping is the whole scan's.
     """
+    if spacing is not None and roi is None:
+        raise ConfigError("--spacing applies to a region (--roi X,Y,W,H)")
+    region = None if roi is None else Region.parse(roi)
     scan = read_scan(scan_path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
                      volume=volume)
     preset = resolve_preset(modality, scan.meta.modality)
     config = resolve_train_config(speed_preset, preset.train, overrides or {})
     mapping, unit = prepare_scan(scan, preset, window=window, min_size=config.min_size)
+    if region is not None:
+        unit = region_unit(unit, region, scan.meta, min_size=config.min_size, spacing=spacing)
     run_dir = run_dir or default_run_dir(Path(scan_path))
     extra = {
         "source": scan.meta.to_dict(),
@@ -89,6 +105,17 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
         "medsingan_version": __version__,
         "warnings": source_warnings(scan.meta),
     }
+    if region is not None:
+        extra["roi"] = {**region.to_dict(), "spacing_mm": spacing}
+        trained = pyramid_shapes(*unit.shape, config.min_size, config.max_size,
+                                 config.scale_factor)[0]
+        if trained != region.shape:
+            reasons = ([f"resampled to {spacing:g} mm"] if spacing is not None else []) + \
+                ([f"--max-size {config.max_size}"] if max(unit.shape) > config.max_size else [])
+            extra["warnings"].append(
+                f"the region {region} ({region.w} x {region.h} px) is trained at {trained[1]} "
+                f"x {trained[0]} px ({', '.join(reasons)}): its outputs are scaled back up "
+                "into it")
     warn_user(extra["warnings"])
     image = torch.from_numpy(unit)[None, None]
     pyramid = train(image, config, run_dir, extra_config=extra, resume=resume,

@@ -50,7 +50,7 @@ from medsingan.generate import sample
 from medsingan.model.blocks import ACTIVATIONS, NORMS, PADDINGS, init_weights
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator, NetSpec, scale_width
-from medsingan.model.noise import check_seed, draw_noise, seeded_generator
+from medsingan.model.noise import Stream, check_seed, draw_noise, seeded_generator
 from medsingan.model.previews import save_loss_curves, save_sample_sheet
 from medsingan.model.serialization import (
     atomic_write,
@@ -76,8 +76,6 @@ SAMPLES_PATTERN = "samples_scale_{}.png"
 HISTORY_COLUMNS = ("scale", "iter", "d_loss", "g_adv", "rec_loss", "gp", "lr", "seconds")
 RUN_FORMAT = "medsingan-run"
 
-# Independent random streams under one seed: training noise, z*, network initialisation.
-_TRAIN_STREAM, _ZSTAR_STREAM, _INIT_STREAM = 1, 2, 3
 # Settings that may change on resume without changing the result's meaning.
 _RESUME_MUTABLE = ("device", "log_every")
 
@@ -568,7 +566,7 @@ def train(
     metadata["train"] = config.to_dict()
     critics: dict[int, Discriminator] = {}
     if pyramid is None:
-        z_rng = seeded_generator(config.seed, _ZSTAR_STREAM)
+        z_rng = seeded_generator(config.seed, Stream.RECONSTRUCTION)
         z_star = draw_noise((1, channels, *shapes[-1]), z_rng)
         pyramid = TrainedPyramid(reals=reals, z_star=z_star)
         metadata["progress"] = {}
@@ -588,7 +586,7 @@ def train(
             rec_previous, amp = _reconstruction_start(pyramid, scale, config)
             _trim_heap()
             job = _ScaleJob(scale, pyramid, generator, critic, amp, rec_previous,
-                            seeded_generator(config.seed, _TRAIN_STREAM, scale))
+                            seeded_generator(config.seed, Stream.TRAIN_NOISE, scale))
             started = time.perf_counter()
             with report.scale(scale):
                 rows = _train_scale(job, config, report)
@@ -638,7 +636,7 @@ def _init_networks(spec: NetSpec, pyramid: TrainedPyramid, critics: dict[int, Di
         generator.load_state_dict(coarser.state_dict())
         critic.load_state_dict(critics[scale + 1].state_dict())
     else:
-        init_rng = seeded_generator(config.seed, _INIT_STREAM, scale)
+        init_rng = seeded_generator(config.seed, Stream.INIT, scale)
         init_weights(generator, init_rng)
         init_weights(critic, init_rng)
     return generator.to(device), critic.to(device)

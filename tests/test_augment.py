@@ -154,6 +154,27 @@ def test_the_ct_window_the_samples_are_clipped_to_is_recorded_everywhere(ct_run,
     assert (float(header["cal_min"]), float(header["cal_max"])) == (-160, 240)
 
 
+def test_a_resized_dicom_sample_covers_the_source_slice(ct_run, tmp_path):
+    source = pydicom.dcmread(dicom_file("CT_small.dcm"), stop_before_pixels=True)
+    written = pydicom.dcmread(augment(request(ct_run, tmp_path, n=1)).written[0])
+    cosines = np.array(source.ImageOrientationPatient, float)
+    spacing = [float(v) for v in source.PixelSpacing]
+    # 128 -> 32 px: the first pixel's centre sits 1.5 source pixels in along both axes, and
+    # the last one as far from the source's last centre
+    expected = (np.array(source.ImagePositionPatient, float)
+                + 1.5 * spacing[0] * cosines[3:] + 1.5 * spacing[1] * cosines[:3])
+    np.testing.assert_allclose(np.array(written.ImagePositionPatient, float), expected,
+                               atol=1e-3)
+
+
+def test_a_sample_changed_on_disk_stops_its_cohort_with_one_line(ct_run, tmp_path):
+    first = augment(request(ct_run, tmp_path, n=2, output_format="png"))
+    with Image.open(first.written[0]) as image:
+        image.transpose(Image.Transpose.TRANSPOSE).crop((0, 0, 20, 32)).save(first.written[0])
+    with pytest.raises(RunDirError, match="reads back as 32x20 px, not the cohort's 32x32"):
+        augment(request(ct_run, tmp_path, n=3, output_format="png"))
+
+
 def test_sifid_is_scored_per_sample_with_a_weights_file(ct_run, tmp_path, inception_weights):
     result = augment(request(ct_run, tmp_path, n=3, sifid=True,
                              inception_weights=inception_weights))

@@ -21,8 +21,6 @@ from medsingan.manipulate import (
     EditRequest,
     PaintRequest,
     SuperResolveRequest,
-    blend_margin,
-    blend_mask,
     default_inject_scale,
     edit,
     harmonize,
@@ -32,6 +30,7 @@ from medsingan.manipulate import (
 )
 from medsingan.preprocess import IntensityMapping
 from medsingan.pyramid import resize
+from medsingan.roi import blend_margin, blend_mask
 from medsingan.runs import train_scan
 from medsingan.train import load_run
 from tests.conftest import dicom_file

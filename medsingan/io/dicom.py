@@ -393,6 +393,7 @@ def write_dicom(
     rows, cols = int(image.shape[0]), int(image.shape[1])
     spacing = like.pixel_spacing
     if spacing is not None and (rows, cols) != (like.rows, like.columns):
+        _move_first_pixel(ds, spacing, (like.rows / rows, like.columns / cols))
         spacing = (spacing[0] * like.rows / rows, spacing[1] * like.columns / cols)
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in ds and spacing is not None:
@@ -448,6 +449,24 @@ def _set_window(ds: Dataset, center: float, width: float, explanation: str | Non
     ds.WindowCenter, ds.WindowWidth = f"{center:.10g}", f"{width:.10g}"
     if explanation is not None:
         ds.WindowCenterWidthExplanation = explanation
+
+
+def _move_first_pixel(ds: Dataset, spacing: tuple[float, float],
+                      factors: tuple[float, float]) -> None:
+    """Image Position of a resized slice: the centre of its first pixel, which lies
+    ``(factor - 1) / 2`` source pixels in from the source's first centre, so that the new grid
+    covers the source slice exactly (as NIfTI's affine does)."""
+    try:
+        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
+        cosines = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+    except (AttributeError, TypeError, ValueError):
+        return
+    if position.shape != (3,) or cosines.shape != (6,):
+        return
+    along_row, along_column = cosines[:3], cosines[3:]
+    position = (position + along_column * spacing[0] * (factors[0] - 1) / 2
+                + along_row * spacing[1] * (factors[1] - 1) / 2)
+    ds.ImagePositionPatient = [f"{v:.6g}" for v in position]
 
 
 def _secondary_capture_from(source: Dataset) -> Dataset:

@@ -47,7 +47,6 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
     metadata records how, and :func:`write_nifti` turns a derived image back.
     """
     data, header_image = _load_volume(path)
-    notes: list[str] = []
     if data.ndim == 4 or (data.ndim > 4 and all(s == 1 for s in data.shape[4:])):
         data = data.reshape(data.shape[:4])
         count = data.shape[3]
@@ -65,21 +64,8 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
         data = data[:, :, None]
     if data.ndim != 3:
         raise ScanReadError(f"{path.name} has {data.ndim} dimensions; expected 2, 3 or 4")
-    if slice_axis is None:
-        single = [axis for axis in range(3) if data.shape[axis] == 1]
-        slice_axis = single[0] if len(single) == 1 else 2
-    if slice_axis not in (0, 1, 2):
-        raise ScanReadError(f"--slice-axis must be 0, 1 or 2, not {slice_axis}")
-    depth = data.shape[slice_axis]
-    if slice_index is None:
-        slice_index = depth // 2
-        if depth > 1:
-            notes.append(f"{depth} slices along axis {slice_axis}: using the middle slice "
-                         f"{slice_index} (choose with --slice)")
-    if not 0 <= slice_index < depth:
-        raise ScanReadError(f"slice {slice_index} is out of range: {path.name} has {depth} "
-                            f"slice(s) along axis {slice_axis} (0..{depth - 1})")
-    image = np.take(data, slice_index, axis=slice_axis)
+    image, slice_axis, slice_index, notes = take_slice(data, path.name, slice_index,
+                                                       slice_axis)
     affine = np.asarray(header_image.affine, dtype=float)
     transform = display_transform(affine, slice_axis)
     image = _to_display(image, transform)
@@ -123,13 +109,42 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
 
 # Units that say nothing beyond "the file's numbers".
 _GENERIC_UNITS = ("voxel value", "stored value", "pixel value")
+# medsingan's slices name it in their description: their intent name then holds the units.
+_SIGNATURE = "medsingan"
 
 
 def _units(header: nib.Nifti1Header) -> str:
-    """The values' units: the intent name a medsingan slice records (e.g. HU) when the
-    header states no statistical intent, else plain voxel values."""
-    name = bytes(header["intent_name"]).split(b"\0")[0].decode("ascii", "replace").strip()
-    return name if name and int(header["intent_code"]) == 0 else "voxel value"
+    """The values' units: the intent name a medsingan slice records (e.g. HU), else plain
+    voxel values (another program's intent name means something else)."""
+    def text(key: str) -> str:
+        return bytes(header[key]).split(b"\0")[0].decode("ascii", "replace").strip()
+
+    name = text("intent_name")
+    ours = _SIGNATURE in text("descrip") and int(header["intent_code"]) == 0
+    return name if name and ours else "voxel value"
+
+
+def take_slice(volume: np.ndarray, name: str, slice_index: int | None,
+                slice_axis: int | None) -> tuple[np.ndarray, int, int, list[str]]:
+    """Slice ``slice_index`` (default: the middle one, with a note) of a 3D voxel array
+    along ``slice_axis`` (default: its only one-voxel axis, else 2), with the axis, the
+    index and the notes."""
+    notes: list[str] = []
+    if slice_axis is None:
+        single = [axis for axis in range(3) if volume.shape[axis] == 1]
+        slice_axis = single[0] if len(single) == 1 else 2
+    if slice_axis not in (0, 1, 2):
+        raise ScanReadError(f"--slice-axis must be 0, 1 or 2, not {slice_axis}")
+    depth = volume.shape[slice_axis]
+    if slice_index is None:
+        slice_index = depth // 2
+        if depth > 1:
+            notes.append(f"{depth} slices along axis {slice_axis}: using the middle slice "
+                         f"{slice_index} (choose with --slice)")
+    if not 0 <= slice_index < depth:
+        raise ScanReadError(f"slice {slice_index} is out of range: {name} has {depth} "
+                            f"slice(s) along axis {slice_axis} (0..{depth - 1})")
+    return np.take(volume, slice_index, axis=slice_axis), slice_axis, slice_index, notes
 
 
 def display_transform(affine: np.ndarray, slice_axis: int) -> tuple[bool, bool, bool]:
@@ -217,12 +232,14 @@ def slice_affine(meta: ScanMetadata, shape: tuple[int, int]) -> np.ndarray:
 
 
 def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path, *,
-                clip_window: tuple[float, float] | None = None) -> Path:
+                clip_window: tuple[float, float] | None = None,
+                description: str = "synthetic") -> Path:
     """Write a 2D slice as a one-slice NIfTI volume with the source's affine, dtype and
     scaling (integers clipped to the source dtype's range). A source without patient
     geometry gets :func:`plane_affine`, so the slice reads back as it was shown.
     ``clip_window`` (the interval the values were clipped to) becomes the header's display
-    range (cal_min, cal_max) and is named in its description."""
+    range (cal_min, cal_max) and is named in the header's description (``description``,
+    which names medsingan)."""
     axis = like.slice_axis if like.slice_axis is not None else 2
     image = _to_voxels(image, like.display_transform)
     volume = np.expand_dims(image.astype(np.float64), axis)
@@ -240,11 +257,13 @@ def write_nifti(image: np.ndarray, like: ScanMetadata, path: Path, *,
     out.set_sform(out.affine, code=sform_code or 1)
     if like.units not in _GENERIC_UNITS:  # e.g. HU: the meaning of the values (16 bytes)
         out.header["intent_name"] = like.units.encode()[:15]
+    if _SIGNATURE not in description:
+        description = f"{_SIGNATURE}: {description}"
     if clip_window is not None:
         low, high = clip_window
         out.header["cal_min"], out.header["cal_max"] = low, high
-        out.header["descrip"] = (f"medsingan synthetic; clipped to {low:g}..{high:g} "
-                                 f"{like.units}")[:79].encode()
+        description += f"; clipped to {low:g}..{high:g} {like.units}"
+    out.header["descrip"] = description[:79].encode()
     try:
         with atomic_path(path) as tmp:
             nib.save(out, str(tmp))

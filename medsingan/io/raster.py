@@ -116,7 +116,8 @@ def read_raster(path: Path) -> Scan:
         raise ScanReadError(f"{path.name} has shape {pixels.shape}; expected a 2D image")
     sixteen = mode.startswith("I;16") or mode in ("I", "I;16B") or pixels.max(initial=0) > 255
     storage = "uint16" if sixteen else "uint8"
-    mapping = {"slope": 1.0, "intercept": 0.0, "units": "pixel value", "modality": None}
+    mapping: dict[str, Any] = {"slope": 1.0, "intercept": 0.0, "units": "pixel value",
+                               "modality": None, "bits_stored": None}
     if units is not None and pixels.ndim == 2:
         mapping = _chunk_mapping(path, units)
         if (mapping["slope"], mapping["intercept"]) != (1.0, 0.0):
@@ -129,7 +130,7 @@ def read_raster(path: Path) -> Scan:
         rows=int(pixels.shape[0]),
         columns=int(pixels.shape[1]),
         modality=mapping["modality"],
-        bits_stored=16 if sixteen else 8,
+        bits_stored=min(mapping["bits_stored"] or 16, 16 if sixteen else 8),
         storage_dtype=storage,
         rescale_slope=mapping["slope"],
         rescale_intercept=mapping["intercept"],
@@ -156,36 +157,41 @@ def _chunk_mapping(path: Path, text: str) -> dict[str, Any]:
     if not (math.isfinite(slope) and slope != 0 and math.isfinite(intercept)):
         raise UnsupportedScanError(f"{path.name}: its '{UNITS_CHUNK}' text chunk gives slope "
                                    f"{slope:g} and intercept {intercept:g}; re-export the file")
+    bits = data.get("bits_stored")
     return {"slope": slope, "intercept": intercept, "units": units,
-            "modality": data.get("modality") or None}
+            "modality": data.get("modality") or None,
+            "bits_stored": int(bits) if isinstance(bits, int) and 1 <= bits <= 16 else None}
 
 
 def png_mapping(like: ScanMetadata, image: np.ndarray, bits: int,
-                clip_window: tuple[float, float] | None = None) -> tuple[float, float]:
-    """``(slope, intercept)`` of a PNG of ``image``: ``value = slope * pixel + intercept``.
+                clip_window: tuple[float, float] | None = None) -> tuple[float, float, int]:
+    """``(slope, intercept, bits stored)`` of a PNG of ``image`` (``value = slope * pixel +
+    intercept``), in display polarity (MONOCHROME1 is not inverted back).
 
-    A source whose stored integers fit the PNG keeps them (its own rescale); anything else
-    (signed CT, floating-point NIfTI, 32-bit) spreads an interval over the whole PNG range:
-    ``clip_window`` (the interval the image was clipped to, e.g. the CT window), else the
-    stored range mapped to physical units (signed 16-bit: stored + 32768), else the image's own
-    range. Either way the pixels keep display polarity (MONOCHROME1 is not inverted back).
+    A raster source keeps its pixel values. A scan clipped to an interval (``clip_window``:
+    a CT window, MR percentiles) has that interval spread over the whole PNG range, so the
+    PNG looks like the windowed scan, whatever the source's storage. Otherwise a source whose
+    stored integers fit the PNG keeps them (its own rescale; a 15-bit film stays 15-bit), and
+    anything else (signed, floating-point, 32-bit) spreads its stored range mapped to physical
+    units (signed 16-bit: stored + 32768), else the image's own range.
 
-    >>> meta = ScanMetadata("dicom", "ct.dcm", "", 2, 2, bits_stored=16, signed=True,
-    ...                     storage_dtype="int16", rescale_intercept=-1024.0, units="HU")
-    >>> png_mapping(meta, np.zeros((2, 2)), 16, clip_window=(-160.0, 240.0))[1]
-    -160.0
+    >>> meta = ScanMetadata("dicom", "ct.dcm", "", 2, 2, bits_stored=16, storage_dtype="uint16",
+    ...                     rescale_intercept=-1024.0, units="HU")
+    >>> png_mapping(meta, np.zeros((2, 2)), 16, clip_window=(-160.0, 240.0))[1:]
+    (-160.0, 16)
     """
     top = 2**bits - 1
     integer = not like.storage_dtype.startswith("float")
-    if integer and not like.signed and like.stored_range[1] <= top:
-        return like.rescale_slope, like.rescale_intercept
+    fits = integer and not like.signed and like.stored_range[1] <= top
+    if fits and (clip_window is None or like.format in RASTER_FORMATS.values()):
+        return like.rescale_slope, like.rescale_intercept, like.bits_stored
     if clip_window is not None:
         low, high = clip_window
     elif integer and like.bits_stored <= bits:
         low, high = like.physical_range
     else:
         low, high = float(image.min()), float(image.max())
-    return max(high - low, 1e-12) / top, float(low)
+    return max(high - low, 1e-12) / top, float(low), bits
 
 
 def write_png(image: np.ndarray, like: ScanMetadata, path: Path, *, bits: int | None = None,
@@ -198,13 +204,13 @@ def write_png(image: np.ndarray, like: ScanMetadata, path: Path, *, bits: int | 
     """
     bits = bits or (8 if like.bits_stored <= 8 else 16)
     dtype = np.uint8 if bits == 8 else np.uint16
-    slope, intercept = png_mapping(like, image, bits, clip_window)
+    slope, intercept, bits_stored = png_mapping(like, image, bits, clip_window)
     pixels = np.rint((image.astype(np.float64) - intercept) / slope)
     values = np.clip(pixels, 0, np.iinfo(dtype).max).astype(dtype)
     info = PngInfo()
     info.add_text(UNITS_CHUNK, json.dumps({
         "slope": slope, "intercept": intercept, "units": like.units,
-        "modality": like.modality, "polarity": "display"}))
+        "modality": like.modality, "bits_stored": bits_stored, "polarity": "display"}))
     try:
         with atomic_path(path) as tmp:
             Image.fromarray(values).save(tmp, format="PNG", pnginfo=info)

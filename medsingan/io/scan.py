@@ -14,7 +14,7 @@ class ScanMetadata:
 
     Intensities of ``Scan.image`` are in physical units (the DICOM modality LUT applied, e.g. HU
     for CT) and in display polarity: a MONOCHROME1 source is inverted on read (``inverted``) so
-    that dense tissue is bright, and inverted back on write.
+    that dense tissue is bright, and inverted back when written as DICOM (:meth:`to_stored`).
     """
 
     format: str
@@ -45,6 +45,13 @@ class ScanMetadata:
     display_transform: tuple[bool, bool, bool] | None = None
     # NIfTI: spatial unit and the qform/sform codes (what the affine refers to), kept on write
     nifti_space: tuple[str, int, int] | None = None
+    # DICOM series folder: the folder, its number of slices and the slice read (0 = the first
+    # along the slice normal); ``source_path`` is that slice's file
+    series_folder: str | None = None
+    series_slices: int | None = None
+    series_index: int | None = None
+    # MHA/NRRD: the source image's dimensions (a 2D image is written back 2D)
+    image_dimensions: int | None = None
     dicom_header: dict[str, Any] | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
 

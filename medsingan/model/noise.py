@@ -7,12 +7,26 @@ what an uninterrupted run draws.
 
 from __future__ import annotations
 
+from enum import IntEnum, unique
+
 import numpy as np
 import torch
 
 from medsingan.errors import ConfigError
 
 MAX_SEED = 2**63 - 1
+
+
+@unique
+class Stream(IntEnum):
+    """The independent random streams under one seed: the second key of every generator
+    (``seeded_generator(seed, Stream.SAMPLE, index)``), one value each, never reused."""
+
+    TRAIN_NOISE = 1       # training noise of scale n: (seed, TRAIN_NOISE, n)
+    RECONSTRUCTION = 2    # the fixed reconstruction noise z*
+    SAMPLE = 3            # sample i of a cohort or a manipulation: (seed, SAMPLE, i)
+    SUPER_RESOLUTION = 4  # super-resolution step noise of output i
+    INIT = 5              # network initialisation of scale n: (seed, INIT, n)
 
 
 def check_seed(seed: int) -> int:

@@ -117,7 +117,7 @@ def _truncated(folder: Path) -> Path:
     (lambda d: dicom_file("CT_small.dcm"), ["--window", "brain"], ["unknown CT window"]),
     (lambda d: dicom_file("MR_small.dcm"), ["--window", "lung"], ["ct preset only"]),
     (lambda d: dicom_file("CT_small.dcm"), ["--modality", "pet"], ["Invalid value"]),
-    (lambda d: dicom_file("CT_small.dcm"), ["--slice-axis", "1"], ["NIfTI volumes only"]),
+    (lambda d: dicom_file("CT_small.dcm"), ["--slice-axis", "1"], ["not to a dicom file"]),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, make, args, fragments):
     source = make(tmp_path)

@@ -123,3 +123,18 @@ def test_burned_in_text_is_warned_about_in_train_and_augment(tmp_path):
     for sample in (tmp_path / "samples").glob("*.dcm"):
         header = pydicom.dcmread(sample, stop_before_pixels=True)
         assert header.BurnedInAnnotation == "YES" and header.PatientIdentityRemoved == "NO"
+
+
+def test_augment_without_a_run_directory_takes_the_latest_run(tiny_run, tmp_path):
+    import shutil
+
+    empty = run_cli("augment", "--n", "2", "--no-sifid", cwd=tmp_path)
+    assert_one_line_error(empty, "no complete run under runs/")
+    shutil.copytree(tiny_run, tmp_path / "runs" / "older")
+    shutil.copytree(tiny_run, tmp_path / "runs" / "ct")
+    (tmp_path / "runs" / "half").mkdir()  # not a run: ignored
+    result = run_cli("augment", "--n", "2", "--start-scale", "N-1", "--no-sifid", "--quiet",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "using runs/ct (the most recently trained run" in result.stderr
+    assert len(list((tmp_path / "runs" / "ct" / "samples").glob("*.dcm"))) == 2

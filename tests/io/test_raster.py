@@ -82,7 +82,10 @@ def test_a_monochrome1_film_written_as_png_shows_bone_bright(tmp_path):
     # against pydicom: the PNG is the stored film inverted (display = max - stored)
     stored = pydicom.dcmread(dicom_file("RG1_UNCR.dcm")).pixel_array[::4, ::4].astype(float)
     assert np.corrcoef(values.ravel(), stored.ravel())[0, 1] < -0.999
-    assert read_scan(out).image == pytest.approx(scan.image[::4, ::4])
+    back = read_scan(out)
+    assert back.image == pytest.approx(scan.image[::4, ::4])
+    # read back as the 15-bit film it is, so a model trained on the PNG maps it alike
+    assert back.meta.bits_stored == 15 and back.meta.physical_range == (0, 32767)
 
 
 def test_a_ct_written_as_png_fills_16_bits_and_reads_back_in_hu(tmp_path):
@@ -103,6 +106,22 @@ def test_a_ct_written_as_png_fills_16_bits_and_reads_back_in_hu(tmp_path):
     # no window given: the whole int16 range, exact to the HU
     full = read_scan(write_scan(scan.image, scan.meta, tmp_path / "full.png"))
     np.testing.assert_allclose(full.image, hu, atol=1e-3)
+
+
+def test_an_unsigned_ct_written_as_png_spreads_its_window_too(tmp_path):
+    # eCT_Supplemental stores HU + 1024 as uint16: its stored values fit a PNG, but a soft-tissue
+    # window of them would be 2 % of the 16-bit range, a black image
+    scan = read_scan(dicom_file("eCT_Supplemental.dcm"), frame=0)
+    window = (-160.0, 240.0)
+    clipped = np.clip(scan.image, *window)
+    out = write_scan(clipped, scan.meta, tmp_path / "ect.png", clip_window=window)
+    with Image.open(out) as written:
+        values = np.asarray(written, dtype=float)
+    # air at the window's floor; the frame's densest tissue (172 HU) at 332/400 of the range
+    assert values.min() == 0 and values.max() == pytest.approx(65535 * 332 / 400, abs=1)
+    source = pydicom.dcmread(dicom_file("eCT_Supplemental.dcm"))
+    hu = source.pixel_array[0].astype(float) - 1024  # its shared Pixel Value Transformation
+    np.testing.assert_allclose(read_scan(out).image, np.clip(hu, *window), atol=400 / 65535)
 
 
 def test_a_corrupt_units_chunk_is_refused(tmp_path):

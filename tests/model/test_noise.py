@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medsingan.model.noise import seeded_generator
+from medsingan.model.noise import Stream, seeded_generator
 
 
 def draws(*keys: int) -> torch.Tensor:
@@ -32,3 +32,14 @@ def test_equal_keys_give_the_same_stream():
 def test_keys_outside_64_bits_are_refused():
     with pytest.raises(ValueError, match="2\\*\\*64"):
         seeded_generator(-1)
+
+
+def test_every_stream_has_a_key_of_its_own():
+    # the trainer's initialisation once shared the sampler's key: scale k's weights were
+    # sample k's noise
+    keys = [stream.value for stream in Stream]
+    assert len(keys) == len(set(keys)) == len(Stream.__members__)
+    draws_by_stream = [draws(0, key, 4) for key in keys]
+    for k, a in enumerate(draws_by_stream):
+        for b in draws_by_stream[k + 1:]:
+            assert not torch.equal(a, b)

@@ -1,0 +1,196 @@
+"""MetaImage (.mha/.mhd) and NRRD (.nrrd/.nhdr) slices through SimpleITK, shown and written
+back as NIfTI slices are.
+
+Conventions. Voxel axes are SimpleITK's index order (x, y, z): ``GetArrayFromImage`` returns
+them reversed, (z, y, x), and is transposed back, so ``slice_axis`` 2 (the default unless one
+axis is one voxel thick) takes the image's z index, the slices of an axial stack. For a file
+converted from NIfTI these are the NIfTI voxel axes, so ``--slice-axis``/``--slice`` pick the
+same slice in both. SimpleITK's geometry (origin, spacing, direction) is in LPS+; it becomes
+the NIfTI-style RAS+ affine of the metadata, and the slice is turned to the orientation
+viewers show by the NIfTI code (:func:`~medsingan.io.nifti.display_transform`).
+
+A derived slice is written back as a one-slice 3D image (a 2D image for a 2D source) with
+the source's pixel type and the slice's origin, spacing and direction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medsingan.errors import ScanReadError, ScanWriteError, UnsupportedScanError
+from medsingan.io.atomic import atomic_path, sha256_of
+from medsingan.io.nifti import (
+    _to_display,
+    _to_voxels,
+    display_transform,
+    slice_affine,
+    take_slice,
+)
+from medsingan.io.scan import Scan, ScanMetadata
+
+SITK_FORMATS = {".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
+# A detached header and its data are two files, which one atomic rename cannot publish.
+_DETACHED = (".mhd", ".nhdr")
+# Our own keys in the file's metadata dictionary: the values' units, and a clip window.
+UNITS_KEY = "medsingan_units"
+CLIP_KEY = "medsingan_clip_window"
+_GENERIC_UNITS = ("voxel value", "stored value", "pixel value")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
+_COMPLEX = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
+
+
+def _itk_reason(exc: Exception) -> str:
+    """The message of an ITK exception without its source-file preamble, on one line."""
+    text = " ".join(str(exc).split())
+    return (text.rsplit("ERROR:", 1)[-1].strip() or type(exc).__name__)[:200]
+
+
+def ras_affine(image: sitk.Image) -> np.ndarray:
+    """The RAS+ affine of a 2D or 3D SimpleITK image, voxel axes in index order (x, y, z); a
+    2D image lies in the z = 0 plane with one-millimetre thickness.
+
+    >>> image = sitk.Image(4, 3, sitk.sitkUInt8)
+    >>> image.SetSpacing((0.5, 2.0)); image.SetOrigin((10.0, 20.0))
+    >>> ras_affine(image)[:3].tolist()
+    [[-0.5, 0.0, 0.0, -10.0], [0.0, -2.0, 0.0, -20.0], [0.0, 0.0, 1.0, 0.0]]
+    """
+    dims = image.GetDimension()
+    direction, spacing, origin = np.eye(3), np.ones(3), np.zeros(3)
+    direction[:dims, :dims] = np.reshape(image.GetDirection(), (dims, dims))
+    spacing[:dims] = image.GetSpacing()
+    origin[:dims] = image.GetOrigin()
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ origin
+    return affine
+
+
+def _read_image(path: Path, kind: str) -> sitk.Image:
+    """The image; vector, complex and 4D+ images are refused before the pixels are read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ScanReadError(f"{path.name}: cannot read {kind.upper()} ({_itk_reason(exc)}); the "
+                            "file may be truncated or corrupt") from exc
+    if reader.GetPixelID() in _COMPLEX or reader.GetNumberOfComponents() != 1:
+        what = ("complex" if reader.GetPixelID() in _COMPLEX
+                else f"{reader.GetNumberOfComponents()}-component (vector or colour)")
+        raise UnsupportedScanError(f"{path.name} holds {what} pixels; medsingan trains on "
+                                   "real-valued grayscale images")
+    if reader.GetDimension() not in (2, 3):
+        raise UnsupportedScanError(f"{path.name} is {reader.GetDimension()}D; medsingan reads "
+                                   f"2D and 3D {kind.upper()} images (extract a 3D volume "
+                                   "first)")
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise ScanReadError(f"{path.name}: cannot read {kind.upper()} ({_itk_reason(exc)}); the "
+                            "file may be truncated or corrupt") from exc
+
+
+def read_sitk(path: Path, *, slice_index: int | None = None,
+              slice_axis: int | None = None) -> Scan:
+    """Read one 2D slice of a 2D or 3D MHA/MHD/NRRD image, in viewer orientation.
+
+    ``slice_axis`` and ``slice_index`` are in SimpleITK's index order (module docstring);
+    a 2D image is its own slice. The values are the file's (no rescale), in the units a
+    medsingan slice records (e.g. HU), else "voxel value".
+    """
+    kind = SITK_FORMATS[path.suffix.lower()]
+    image = _read_image(path, kind)
+    voxels = sitk.GetArrayFromImage(image).T  # index order (x, y[, z])
+    dims = voxels.ndim
+    if dims == 2:
+        voxels = voxels[:, :, None]
+    plane, slice_axis, slice_index, notes = take_slice(voxels, path.name, slice_index,
+                                                        slice_axis)
+    affine = ras_affine(image)
+    transform = display_transform(affine, slice_axis)
+    display = _to_display(plane, transform)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    in_plane = [float(s) for axis, s in enumerate(spacing) if axis != slice_axis]
+    if transform[0]:
+        in_plane.reverse()
+    dtype = voxels.dtype.newbyteorder("=")
+    units = image.GetMetaData(UNITS_KEY) if image.HasMetaDataKey(UNITS_KEY) else "voxel value"
+    meta = ScanMetadata(
+        format=kind,
+        source_path=str(path.resolve()),
+        sha256=sha256_of(path),
+        rows=int(display.shape[0]),
+        columns=int(display.shape[1]),
+        pixel_spacing=(in_plane[0], in_plane[1]),
+        bits_stored=dtype.itemsize * 8,
+        signed=bool(np.issubdtype(dtype, np.signedinteger)),
+        storage_dtype=dtype.name,
+        units=units,
+        slice_axis=slice_axis,
+        slice_index=slice_index,
+        affine=affine.tolist(),
+        display_transform=transform,
+        image_dimensions=dims,
+        notes=notes,
+    )
+    return Scan(image=np.ascontiguousarray(display, dtype=np.float32), meta=meta)
+
+
+def _file_dtype(like: ScanMetadata) -> np.dtype:
+    """The source's storage when the values need no rescale; else the smallest integer type
+    that holds the rescaled range (a CT's HU), or float32: MHA and NRRD have no rescale."""
+    dtype = np.dtype(like.storage_dtype)
+    if (like.rescale_slope, like.rescale_intercept) == (1.0, 0.0):
+        return dtype
+    if (np.issubdtype(dtype, np.integer) and float(like.rescale_slope).is_integer()
+            and float(like.rescale_intercept).is_integer()):
+        low, high = like.physical_range
+        return np.result_type(np.min_scalar_type(int(low)), np.min_scalar_type(int(high)))
+    return np.dtype(np.float32)
+
+
+def write_sitk(image: np.ndarray, like: ScanMetadata, path: Path, *,
+               clip_window: tuple[float, float] | None = None) -> Path:
+    """Write a 2D slice (physical units, display orientation) as an MHA or NRRD image with
+    the geometry of where it came from (:func:`~medsingan.io.nifti.slice_affine`, in LPS),
+    compressed, atomically. A source without patient geometry gets the plane a viewer shows
+    as stored. Integer values are rounded and clipped to the file's pixel type.
+    ``clip_window`` and non-generic units (HU) are recorded in the metadata dictionary."""
+    if path.suffix.lower() in _DETACHED:
+        raise ScanWriteError(f"cannot write {path.name}: a detached header ({path.suffix}) "
+                             "and its data are two files; choose .mha or .nrrd")
+    axis = like.slice_axis if like.slice_axis is not None else 2
+    voxels = _to_voxels(image, like.display_transform)
+    affine = slice_affine(like, voxels.shape)
+    if like.display_transform is None:  # (rows, columns) of a DICOM or raster: x = columns
+        voxels, affine = voxels.T, affine[:, [1, 0, 2, 3]]
+    dtype = _file_dtype(like)
+    values = voxels.astype(np.float64)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    lps = _LPS_TO_RAS @ affine[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    origin = _LPS_TO_RAS @ affine[:3, 3]
+    # a 2D source, or one without patient geometry (a radiograph), stays a plain 2D image
+    dims = 2 if axis == 2 and (like.image_dimensions == 2 or like.affine is None) else 3
+    array = values.astype(dtype) if dims == 2 else np.expand_dims(values.astype(dtype), axis)
+    out = sitk.GetImageFromArray(array.T)  # SimpleITK takes (z, y, x)
+    out.SetDirection((lps / spacing)[:dims, :dims].flatten().tolist())
+    out.SetSpacing(spacing[:dims].tolist())
+    out.SetOrigin(origin[:dims].tolist())
+    if like.units not in _GENERIC_UNITS:
+        out.SetMetaData(UNITS_KEY, like.units)
+    if clip_window is not None:
+        out.SetMetaData(CLIP_KEY, f"{clip_window[0]:g} {clip_window[1]:g} {like.units}")
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(out, str(tmp), True)
+    except OSError as exc:
+        raise ScanWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except RuntimeError as exc:
+        raise ScanWriteError(f"cannot write {path}: {_itk_reason(exc)}") from exc
+    return path
