@@ -418,8 +418,10 @@ def manifest_merge(
     typer.echo(f"{output}: {count} row(s)")
 
 
-def main() -> None:
-    """Console entry point: MedsinganError -> one line on stderr, exit code 2."""
+def run_app(typer_app: typer.Typer, interrupted: str = "interrupted") -> None:
+    """Run a Typer app as a command: MedsinganError and OSError -> one ``error:`` line on
+    stderr and exit code 2, usage errors the same with a pointer to --help, Ctrl-C -> 130;
+    :class:`MedsinganWarning` -> one ``warning:`` line. ``pipelines`` use it too."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(monai|pydicom)\b")
     warnings.simplefilter("always", MedsinganWarning)
     python_shows = warnings.showwarning
@@ -434,13 +436,13 @@ def main() -> None:
     warnings.showwarning = show
     try:
         # without standalone mode, typer.Exit(code) comes back as the return value
-        code = app(standalone_mode=False)
+        code = typer_app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except MedsinganError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo(interrupted, err=True)
         sys.exit(130)
     except OSError as exc:
         typer.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
@@ -454,6 +456,11 @@ def main() -> None:
         message = " ".join(exc.format_message().split())
         typer.echo(f"error: {message} (see --help)", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
+
+
+def main() -> None:
+    """Console entry point: MedsinganError -> one line on stderr, exit code 2."""
+    run_app(app)
 
 
 if __name__ == "__main__":

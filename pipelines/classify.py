@@ -69,6 +69,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.stats import rankdata
 
 from medsingan import __version__
+from medsingan.cli import run_app
 from medsingan.devices import resolve_device
 from medsingan.errors import MedsinganError
 from medsingan.io.atomic import atomic_path
@@ -865,25 +866,7 @@ def classify(
 
 def main() -> None:
     """Entry point: a refused manifest or a bad option -> one ``error:`` line, exit code 2."""
-    try:
-        code = app(standalone_mode=False)
-        raise SystemExit(code if isinstance(code, int) else 0)
-    except MedsinganError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise SystemExit(2) from None
-    except OSError as error:
-        typer.echo(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
-                   err=True)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise SystemExit(130) from None
-    except typer.Abort:
-        raise SystemExit(130) from None
-    except typer.TyperException as error:  # usage: bad option values, missing arguments
-        typer.echo(f"error: {' '.join(error.format_message().split())} (see --help)",
-                   err=True)
-        raise SystemExit(getattr(error, "exit_code", 2)) from None
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from PIL import Image, ImageDraw
 from scipy import stats
 
 from medsingan import __version__
+from medsingan.cli import run_app
 from medsingan.cohort import CohortReport, Executing, cohort_augment, cohort_train
 from medsingan.dataset import FolderOptions, manifest_from_folder
 from medsingan.errors import MedsinganError
@@ -865,25 +866,7 @@ def downstream(
 
 def main() -> None:
     """Entry point: errors -> one ``error:`` line, exit code 2 (as ``pipelines.classify``)."""
-    try:
-        code = app(standalone_mode=False)
-        raise SystemExit(code if isinstance(code, int) else 0)
-    except MedsinganError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise SystemExit(2) from None
-    except OSError as error:
-        typer.echo(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
-                   err=True)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted (run the same command again to resume)", err=True)
-        raise SystemExit(130) from None
-    except typer.Abort:
-        raise SystemExit(130) from None
-    except typer.TyperException as error:
-        typer.echo(f"error: {' '.join(error.format_message().split())} (see --help)",
-                   err=True)
-        raise SystemExit(getattr(error, "exit_code", 2)) from None
+    run_app(app, "interrupted (run the same command again to resume)")
 
 
 if __name__ == "__main__":
