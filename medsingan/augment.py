@@ -41,7 +41,16 @@ from medsingan.model.container import TrainedPyramid
 from medsingan.model.noise import check_seed
 from medsingan.model.previews import save_sample_sheet
 from medsingan.preprocess import IntensityMapping
-from medsingan.roi import RegionCanvas, output_image
+from medsingan.roi import (
+    Region,
+    RegionCanvas,
+    blend,
+    check_unchanged,
+    output_image,
+    region_in_run_pixels,
+    region_of_run,
+    region_taper,
+)
 from medsingan.train import load_run
 
 FORMAT_SUFFIX = {"dicom": ".dcm", "nifti": ".nii.gz", "png": ".png", "tiff": ".png",
@@ -153,11 +162,8 @@ def source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
     meta = ScanMetadata.from_dict(extra["source"])
     meta.dicom_header = extra.get("source_dicom_header")
     if keep_identifiers:
-        source = Path(meta.source_path)
-        if not source.is_file() or sha256_of(source) != meta.sha256:
-            raise RunDirError(f"--keep-identifiers needs the original source {source} "
-                              "(missing or changed since training)")
-        original = read_scan(source, frame=meta.frame, slice_index=meta.slice_index,
+        check_unchanged(meta, "--keep-identifiers reads the identifiers from it")
+        original = read_scan(meta.source_path, frame=meta.frame, slice_index=meta.slice_index,
                              slice_axis=meta.slice_axis, volume=meta.volume)
         meta.dicom_header = original.meta.dicom_header
     return meta
@@ -207,6 +213,14 @@ def augment(request: AugmentRequest) -> AugmentResult:
     shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
     meta = source_meta(extra, request.keep_identifiers)
     mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
+    # a region run's samples replace its region of the full-size source (read once here, so
+    # a missing or changed source is refused before anything is written)
+    canvas = RegionCanvas.of_run(extra, mapping, pyramid.shapes[0])
+    if canvas is not None and tuple(shapes[0]) != tuple(pyramid.shapes[0]):
+        raise ConfigError(f"a region run's samples replace its region {canvas.region} "
+                          f"(X,Y,W,H in source px): --height, --width, --scale-h and "
+                          "--scale-w apply to whole-scan runs")
+    taper = region_taper(canvas.run_shape).to(device) if canvas is not None else None
     window = mapping.interval(meta.units)  # every file and row says what was clipped
     cohort = dict(extra.get("cohort") or {})
     label, split, subject = inherited_columns(request, cohort, meta)
@@ -256,7 +270,11 @@ def augment(request: AugmentRequest) -> AugmentResult:
             indices = todo[first:first + batch_size]
             # scored as written: the files hold [-1, 1] (a generator's residual output can
             # overshoot it), so an interrupted cohort read back scores the same
-            images = _sample_indices(pyramid, indices, start, request.seed, shapes).clamp(-1, 1)
+            generated = _sample_indices(pyramid, indices, start, request.seed,
+                                        shapes).clamp(-1, 1)
+            # a region run's sample is scored as it is written: blended into the region's
+            # border by the taper
+            images = generated if taper is None else blend(real, generated, taper)
             sifids = scorer.score(real, images) if scorer else [None] * len(indices)
             similarity = similarity_to_source(images, real)
             swds = swd_scorer(images)
@@ -266,9 +284,9 @@ def augment(request: AugmentRequest) -> AugmentResult:
                 unit = images[k:k + 1].cpu()
                 if index < request.grid_size:
                     grid_units[index] = unit
-                # a region run's sample replaces its region of the full-size source
                 physical, clip_window = output_image(
-                    unit, mapping, RegionCanvas.of_run(extra, mapping, pyramid.shapes[0]))
+                    generated[k:k + 1].cpu(), mapping, canvas,
+                    None if taper is None else taper.cpu())
                 write_scan(physical, meta, names[index], keep_identifiers=request.keep_identifiers,
                            patient_id=subject, series=series.instance(index + 1),
                            clip_window=clip_window)
@@ -288,7 +306,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
             bar.advance(task, len(indices))
 
     for index in sorted(done):  # samples of an earlier, interrupted run: read back
-        unit = read_unit(names[index], mapping, shapes[0])
+        unit = read_unit(names[index], mapping, shapes[0], region_of_run(extra))
         cohort.add(unit)
         if index < request.grid_size:
             grid_units[index] = unit
@@ -359,10 +377,16 @@ def _sample_indices(pyramid: TrainedPyramid, indices: list[int], start: int, see
     return torch.cat(runs)
 
 
-def read_unit(path: Path, mapping: IntensityMapping, shape: tuple[int, int]) -> torch.Tensor:
-    """A written sample read back and mapped to [-1, 1] (for the cohort's diversity)."""
+def read_unit(path: Path, mapping: IntensityMapping, shape: tuple[int, int],
+              region: tuple[Region, tuple[int, int]] | None = None) -> torch.Tensor:
+    """A written sample read back and mapped to [-1, 1] (for the cohort's diversity and
+    sheets). ``shape`` is the sample's size in run pixels; for a region run, ``region`` is
+    :func:`medsingan.roi.region_of_run`: the file holds the full-size source, whose region is
+    cut out and scaled to ``shape``."""
     image = read_scan(path).image
-    if image.shape != shape:
+    if region is not None:
+        image = region_in_run_pixels(image, *region, tuple(shape), path)
+    if image.shape != tuple(shape):
         raise RunDirError(f"{path} reads back as {image.shape[0]}x{image.shape[1]} px, not the "
                           f"cohort's {shape[0]}x{shape[1]}: it was changed since it was written; "
                           "remove it (it is regenerated) or use --overwrite")

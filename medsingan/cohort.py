@@ -37,6 +37,7 @@ from medsingan.io.atomic import atomic_path
 from medsingan.manifest import check_manifest, merge_manifests, read_manifest, resolve_image
 from medsingan.model.previews import to_uint8
 from medsingan.preprocess import IntensityMapping
+from medsingan.roi import region_of_run
 from medsingan.runs import train_scan
 from medsingan.train import load_run
 
@@ -417,7 +418,8 @@ def _write_sheet(path: Path, done: list[TaskResult], samples: int = 4) -> None:
         pictures = [to_uint8(pyramid.reals[0][0, 0])]
         manifest = result.details["manifest"]
         for image in read_manifest(manifest).sort_values("image")["image"].head(samples):
-            unit = read_unit(resolve_image(manifest, str(image)), mapping, pyramid.shapes[0])
+            unit = read_unit(resolve_image(manifest, str(image)), mapping, pyramid.shapes[0],
+                             region_of_run(pyramid.metadata["extra"]))
             pictures.append(to_uint8(unit[0, 0]))
         summary = result.details.get("summary") or {}
         scores = ", ".join(f"{key.replace('_mean', '')} {summary[key]:.3g}" for key in

@@ -229,9 +229,8 @@ def _original_pixels(path: str, sha256: str, selection: tuple[int | None, ...],
     """The source slice's pixels (physical units, display polarity), read once per file state
     (``stamp``: inode, size, mtime), after its hash was checked."""
     if sha256_of(path) != sha256:
-        raise RunDirError(f"the source {path} changed since the region run was trained (its "
-                          "sha256 differs): a region run writes its outputs into the "
-                          "full-size source; put the original back")
+        raise RunDirError(f"the source {path} changed since the run was trained (its sha256 "
+                          f"differs): {_REGION_NEEDS}; put the original back")
     frame, slice_index, slice_axis, volume = selection
     image = read_scan(path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
                       volume=volume).image
@@ -239,22 +238,66 @@ def _original_pixels(path: str, sha256: str, selection: tuple[int | None, ...],
     return image
 
 
-def original_source(meta: ScanMetadata) -> np.ndarray:
-    """The full-resolution pixels of a run's source (read-only); RunDirError when the file is
-    missing or changed since training."""
+_REGION_NEEDS = "a region run writes its outputs into the full-size source"
+
+
+def source_status(meta: ScanMetadata, needs: str) -> os.stat_result:
+    """``os.stat`` of a run's source file; RunDirError naming what ``needs`` it when it is
+    missing (whether it changed is checked against its sha256 by the caller that reads it)."""
     path = Path(meta.source_path)
     try:
         status = os.stat(path)
     except OSError:
-        raise RunDirError(f"the source {path} is missing: a region run writes its outputs into "
-                          "the full-size source; put it back where it was trained") from None
-    image = _original_pixels(str(path), meta.sha256,
+        status = None
+    if status is None or not path.is_file():
+        raise RunDirError(f"the source {path} is missing: {needs}; put it back where it was "
+                          "trained") from None
+    return status
+
+
+def check_unchanged(meta: ScanMetadata, needs: str) -> None:
+    """RunDirError when a run's source file is missing or its sha256 changed since training."""
+    source_status(meta, needs)
+    if sha256_of(meta.source_path) != meta.sha256:
+        raise RunDirError(f"the source {meta.source_path} changed since the run was trained "
+                          f"(its sha256 differs): {needs}; put the original back")
+
+
+def original_source(meta: ScanMetadata) -> np.ndarray:
+    """The full-resolution pixels of a run's source (read-only); RunDirError when the file is
+    missing or changed since training."""
+    status = source_status(meta, _REGION_NEEDS)
+    image = _original_pixels(str(meta.source_path), meta.sha256,
                              (meta.frame, meta.slice_index, meta.slice_axis, meta.volume),
                              (status.st_ino, status.st_size, status.st_mtime_ns))
     if image.shape != (meta.rows, meta.columns):
-        raise RunDirError(f"the source {path} reads as {image.shape[1]} x {image.shape[0]} px, "
-                          f"not the {meta.columns} x {meta.rows} px it was trained on")
+        raise RunDirError(f"the source {meta.source_path} reads as {image.shape[1]} x "
+                          f"{image.shape[0]} px, not the {meta.columns} x {meta.rows} px it "
+                          "was trained on")
     return image
+
+
+def region_of_run(extra: dict[str, Any]) -> tuple[Region, tuple[int, int]] | None:
+    """A region run's region and its source's full size (rows, columns), from its
+    ``config.json`` extra; ``None`` for a whole-scan run. Needs no source file."""
+    if not extra.get("roi"):
+        return None
+    source = extra["source"]
+    return Region.from_dict(extra["roi"]), (int(source["rows"]), int(source["columns"]))
+
+
+def region_in_run_pixels(image: np.ndarray, region: Region, full: tuple[int, int],
+                         run_shape: tuple[int, int], path: Path) -> np.ndarray:
+    """The region of a written full-size output (physical units), scaled to the run's size;
+    RunDirError when the file is not the full-size source's size."""
+    if image.shape != full:
+        raise RunDirError(f"{path} reads back as {image.shape[1]} x {image.shape[0]} px, not "
+                          f"the source's {full[1]} x {full[0]}: it was changed since it was "
+                          "written; remove it (it is regenerated) or use --overwrite")
+    crop = np.ascontiguousarray(image[region.slices], dtype=np.float32)
+    if crop.shape == tuple(run_shape):
+        return crop
+    return resize(torch.from_numpy(crop)[None, None], tuple(run_shape))[0, 0].numpy()
 
 
 @dataclass(frozen=True, eq=False)

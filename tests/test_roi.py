@@ -264,4 +264,81 @@ def test_a_missing_or_changed_source_is_refused(region_run, tmp_path):
     with pytest.raises(RunDirError, match="changed"):
         augment(AugmentRequest(run_dir=run_dir, n=1, sifid=False, progress=False,
                                out=tmp_path / "samples", manifest=tmp_path / "m.csv"))
-    assert not list((tmp_path / "samples").glob("*.dcm"))
+    assert not (tmp_path / "samples").exists()  # refused before anything was written
+
+
+def test_output_sizes_of_a_region_run_are_refused_before_anything_is_written(region_run,
+                                                                            tmp_path):
+    for size in ({"height": 100}, {"scale_w": 1.5}):
+        with pytest.raises(ConfigError, match="whole-scan runs"):
+            augment(AugmentRequest(run_dir=region_run, n=1, sifid=False, progress=False,
+                                   out=tmp_path / "samples", manifest=tmp_path / "m.csv",
+                                   **size))
+    assert not (tmp_path / "samples").exists() and not (tmp_path / "m.csv").exists()
+
+
+def test_an_interrupted_region_cohort_completes_as_an_uninterrupted_one(region_run, tmp_path):
+    def cohort(folder: Path, n: int):
+        return augment(AugmentRequest(run_dir=region_run, n=n, sifid=False, progress=False,
+                                      out=folder / "samples", manifest=folder / "m.csv"))
+
+    whole = cohort(tmp_path / "whole", 3)
+    cohort(tmp_path / "parts", 2)
+    rest = cohort(tmp_path / "parts", 3)
+    assert rest.skipped == 2
+    # the samples read back from the full-size films score as they did when generated:
+    # as written, blended into the region's border (10-bit films: a small rounding)
+    assert rest.summary["diversity"] == pytest.approx(whole.summary["diversity"], rel=1e-2)
+    for name in ("similarity_to_source", "patch_swd"):
+        assert read_manifest(rest.manifest)[name].tolist() == pytest.approx(
+            read_manifest(whole.manifest)[name].tolist(), rel=1e-6)
+    assert check_manifest(rest.manifest) == []
+
+
+def _changed_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """Height and width of the bounding box of the pixels that differ."""
+    rows, columns = np.nonzero(before != after)
+    return rows.max() - rows.min() + 1, columns.max() - columns.min() + 1
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])
+def test_a_region_of_a_simpleitk_or_nifti_slice_changes_only_its_region(tmp_path, suffix):
+    """anatomical.nii's slice 12, as SimpleITK writes it (2D MHA) or as the NIfTI volume
+    itself: the output, read by SimpleITK / nibabel, is the whole slice in the file's own
+    voxel order, every pixel outside a region-sized box identical to the source's."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from tests.conftest import nifti_file
+    volume = nifti_file("anatomical.nii")
+    if suffix == ".mha":
+        source = tmp_path / "plane.mha"
+        sitk.WriteImage(sitk.ReadImage(str(volume))[:, :, 12], str(source))
+        selection = {}
+        original = sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
+    else:
+        source = volume
+        selection = {"slice_index": 12}
+        original = np.asanyarray(nib.load(volume).dataobj)[:, :, 12]
+    rows, columns = read_scan(source, **selection).image.shape
+    roi = (2, 2, columns - 6, rows - 5)  # X, Y, W, H in display px
+    train_scan(source, tmp_path / "run", overrides={**TINY, "iters": 4}, progress=False,
+               roi=roi, **selection)
+    result = augment(AugmentRequest(run_dir=tmp_path / "run", n=1, sifid=False,
+                                    progress=False, out=tmp_path / "samples",
+                                    manifest=tmp_path / "m.csv"))
+    (written,) = result.written
+    assert written.name.endswith(suffix)
+    if suffix == ".mha":
+        image = sitk.ReadImage(str(written))
+        assert image.GetDimension() == 2
+        pixels = sitk.GetArrayFromImage(image)
+    else:
+        pixels = np.asanyarray(nib.load(written).dataobj)
+        pixels = pixels.reshape(pixels.shape[:2])
+    assert pixels.shape == original.shape
+    assert (pixels != original).any()
+    box = _changed_box(original, pixels)
+    width, height = roi[2], roi[3]
+    assert (box[0] <= height and box[1] <= width) or (box[0] <= width and box[1] <= height)
+    assert (pixels == original).sum() >= pixels.size - roi[2] * roi[3]
