@@ -611,11 +611,11 @@ class RocCurve:
 
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency
-_PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0),
+PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0),
             (86, 180, 233), (0, 0, 0), (240, 228, 66))
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
@@ -626,7 +626,7 @@ def draw_roc(curves: Sequence[RocCurve], title: str) -> Image.Image:
     right, bottom = left + side, top + side
     figure = Image.new("RGB", (right + 40, bottom + 100), "white")
     draw = ImageDraw.Draw(figure)
-    tick_font, label_font, title_font = _font(15), _font(18), _font(19)
+    tick_font, label_font, title_font = font(15), font(18), font(19)
 
     def point(fpr: float, tpr: float) -> tuple[float, float]:
         return left + fpr * side, bottom - tpr * side
@@ -647,7 +647,7 @@ def draw_roc(curves: Sequence[RocCurve], title: str) -> Image.Image:
     for index, curve in enumerate(curves):
         points = [point(float(f), float(t)) for f, t in
                   zip(curve.false_positive_rate, curve.true_positive_rate, strict=True)]
-        draw.line(points, fill=_PALETTE[index % len(_PALETTE)], width=4, joint="curve")
+        draw.line(points, fill=PALETTE[index % len(PALETTE)], width=4, joint="curve")
     draw.text(((left + right) / 2, 22), title, font=title_font, fill="black", anchor="mm")
     draw.text(((left + right) / 2, bottom + 45), "false positive rate (1 - specificity)",
               font=label_font, fill="black", anchor="mt")
@@ -669,7 +669,7 @@ def draw_roc(curves: Sequence[RocCurve], title: str) -> Image.Image:
     for index, entry in enumerate(entries):
         y = box_top + index * line_height + line_height / 2
         if index < len(curves):
-            draw.line([(box_left, y), (box_left + 32, y)], fill=_PALETTE[index % len(_PALETTE)],
+            draw.line([(box_left, y), (box_left + 32, y)], fill=PALETTE[index % len(PALETTE)],
                       width=4)
         draw.text((box_left + 44, y), entry, font=tick_font, fill="black", anchor="lm")
     return figure

@@ -67,12 +67,12 @@ from medsingan.manifest import (
     utc_timestamp,
 )
 from pipelines.classify import (
-    _PALETTE,
     ARMS,
     MODELS,
+    PALETTE,
     RocCurve,
-    _font,
     draw_roc,
+    font,
     roc_auc,
     roc_curve,
     train_and_evaluate,
@@ -432,7 +432,7 @@ def _draw_bars(summary: dict[str, Any], title: str) -> Image.Image:
     right, bottom = left + width, top + height
     figure = Image.new("RGB", (right + 30, bottom + 160), "white")
     draw = ImageDraw.Draw(figure)
-    tick_font, label_font, title_font = _font(15), _font(18), _font(19)
+    tick_font, label_font, title_font = font(15), font(18), font(19)
 
     def y_of(value: float) -> float:
         return bottom - value * height
@@ -454,7 +454,7 @@ def _draw_bars(summary: dict[str, Any], title: str) -> Image.Image:
         for a, arm in enumerate(arms):
             values = summary[arm][metric]
             x0 = first + a * bar
-            colour = _PALETTE[a % len(_PALETTE)]
+            colour = PALETTE[a % len(PALETTE)]
             if values["mean"] is not None:
                 draw.rectangle([x0 + 4, y_of(values["mean"]), x0 + bar - 4, bottom], fill=colour)
                 mid = x0 + bar / 2
@@ -483,7 +483,7 @@ def _draw_bars(summary: dict[str, Any], title: str) -> Image.Image:
     x = left
     for a, arm in enumerate(arms):  # the legend, in the ROC panel's colours
         entry = f"{arm} (n = {summary[arm]['evaluations']})"
-        draw.rectangle([x, legend_top, x + 24, legend_top + 16], fill=_PALETTE[a % len(_PALETTE)])
+        draw.rectangle([x, legend_top, x + 24, legend_top + 16], fill=PALETTE[a % len(PALETTE)])
         draw.text((x + 32, legend_top + 8), entry, font=tick_font, fill="black", anchor="lm")
         x += 32 + draw.textlength(entry, font=tick_font) + 28
     draw.text((left, legend_top + 40), "dashed: chance (0.5); whiskers clipped to [0, 1]",
