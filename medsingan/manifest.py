@@ -25,6 +25,12 @@ width                int     columns, in pixels
 created_at           time    ISO 8601 UTC, e.g. ``2024-05-01T12:00:00Z``
 ==================== ======= =============================================================
 
+Extra columns that medsingan writes on synthetic rows and :func:`check_manifest` checks when
+a manifest has them: ``copy_score`` (fraction in [0, 1] of the sample's informative patches
+that are near-verbatim copies of the source's, :mod:`medsingan.metrics.copy`),
+``copy_region_px`` (whole number: the largest copied connected region, pixels) and ``engine``
+(what drew the sample: ``singan``, ``patch``).
+
 Booleans are written ``true``/``false``; a missing value is an empty field. Split inheritance:
 a synthetic row always carries the ``split`` and ``subject_id`` of its source, so that a
 synthetic image of a test-set patient never reaches a training split; :func:`check_manifest`
@@ -257,6 +263,13 @@ def _parse_float(text: str) -> float | None:
     return value
 
 
+def _parse_fraction(text: str) -> float | None:
+    value = _parse_float(text)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be a fraction in [0, 1], not {text!r}")
+    return value
+
+
 def _parse_method(text: str) -> str:
     if text not in METHODS:
         raise ValueError(f"must be one of {', '.join(METHODS)}, not {text!r}")
@@ -293,6 +306,11 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "height": _parse_size,
     "width": _parse_size,
     "created_at": _parse_timestamp,
+}
+# Extra columns medsingan writes, checked where a manifest has them.
+_EXTRA_PARSERS: dict[str, Callable[[str], object]] = {
+    "copy_score": _parse_fraction,
+    "copy_region_px": _parse_int,
 }
 _DTYPES = {"start_scale": "Int64", "seed": "Int64", "height": "Int64", "width": "Int64",
            "sifid": "float64", "diversity": "float64", "similarity_to_source": "float64",
@@ -572,7 +590,8 @@ def check_manifest(path: str | os.PathLike[str]) -> list[Problem]:
 
     - ``schema``: header not fitting :data:`COLUMNS`, a row of the wrong width, a value of the
       wrong type (method not in :data:`METHODS`, synthetic not true/false, non-numeric or
-      non-positive height/width, bad score, seed or time), method ``real`` on a synthetic row
+      non-positive height/width, bad score, seed or time, a ``copy_score`` outside [0, 1] or
+      a ``copy_region_px`` that is no whole number), method ``real`` on a synthetic row
       (or the reverse), a synthetic row without ``source_image``;
     - ``missing_file``: ``image`` does not exist relative to the manifest's folder;
     - ``duplicate_row``: a row identical to an earlier one;
@@ -610,7 +629,9 @@ def check_manifest(path: str | os.PathLike[str]) -> list[Problem]:
 def _value_problems(records: list[tuple[int, Record]]) -> list[Problem]:
     problems = []
     for number, record in records:
-        for column, parse in _PARSERS.items():
+        extra = [(column, parse) for column, parse in _EXTRA_PARSERS.items()
+                 if column in record]
+        for column, parse in [*_PARSERS.items(), *extra]:
             try:
                 parse(record[column])
             except ValueError as error:

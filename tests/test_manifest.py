@@ -437,3 +437,20 @@ def test_merge_rewrites_the_model_path_and_refuses_real_versus_synthetic(
     append_rows(twin, [real(tmp_path / "samples" / "P1_0.png", "train", "P1")])
     with pytest.raises(ManifestError, match="synthetic"):
         merge_manifests([cohort, twin], tmp_path / "m3.csv")
+
+
+def test_copy_score_columns_are_checked_where_present(tmp_path: Path) -> None:
+    source = write_png(tmp_path / "scans" / "P1.png", 24, 40)
+    rows = [real(source, "train", "P1")]
+    for seed, (score, region) in enumerate([(0.25, 64), (1.5, 3.5)]):
+        row = synthetic(write_png(tmp_path / f"s{seed}.png", 24, 40, seed + 1), source,
+                        "train", "P1", seed)
+        row.extra.update({"copy_score": score, "copy_region_px": region, "engine": "patch"})
+        rows.append(row)
+    manifest = tmp_path / "m.csv"
+    append_rows(manifest, rows)
+    assert [str(p) for p in check_manifest(manifest)] == [
+        "row 3: schema: copy_score must be a fraction in [0, 1], not '1.5'",
+        "row 3: schema: copy_region_px must be a whole number in 0..9223372036854775807, "
+        "not '3.5'"]
+    assert read_manifest(manifest)["engine"].tolist() == ["", "patch", "patch"]
