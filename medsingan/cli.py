@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from medsingan import __version__
+from medsingan.animate_cli import register as register_animation
 from medsingan.cli_options import (
     ItersOpt,
     KeepIdsOpt,
@@ -210,8 +211,16 @@ def train(
         "--spacing", help="Pixel spacing, mm, the --roi region is resampled to before "
         "training (not finer than the scan's) [default: the scan's own].",
         show_default=False)] = None,
+    tensorboard: Annotated[Path | None, typer.Option(
+        "--tensorboard", help="Also write the losses and per-scale scores to this folder "
+        "for TensorBoard (needs the tensorboard package).", show_default=False)] = None,
+    sifid_variant: VariantOpt = SifidVariant.paper,
+    inception_weights: WeightsOpt = None,
 ) -> None:
-    """Train a SinGAN on one scan: one model per scan, written to a run directory."""
+    """Train a SinGAN on one scan: one model per scan, written to a run directory. Each
+    scale's random samples are scored against the scan at that scale (patch SWD, and SIFID
+    when the Inception weights are found): scales.csv, info, curves.png."""
+    from medsingan.monitor import MonitorOptions
     from medsingan.runs import train_scan
 
     overrides = {
@@ -224,7 +233,10 @@ def train(
                             slice_index=slice_index, slice_axis=slice_axis, volume=volume,
                             speed_preset=preset.value, overrides=overrides, resume=resume,
                             overwrite=overwrite, progress=not quiet, label=label,
-                            split=split, subject_id=subject_id, roi=roi, spacing=spacing)
+                            split=split, subject_id=subject_id, roi=roi, spacing=spacing,
+                            monitor=MonitorOptions(sifid_variant=sifid_variant.value,
+                                                   inception_weights=inception_weights,
+                                                   tensorboard=tensorboard))
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -254,6 +266,22 @@ def info(
         typer.echo(f"{entry['scale']:>5}  {entry['height']:>4} x {entry['width']:<6} "
                    f"{entry['channels']:>8}  {amp:>9}  {entry['iters']:>6}  {secs:>8}")
     typer.echo(f"total       {summary['total_seconds']:.1f} s")
+    _echo_scale_scores(summary)
+
+
+def _echo_scale_scores(summary: dict) -> None:
+    """The per-scale scores of ``info``: medians over each scale's random samples."""
+    scored = [s for s in summary["scales"] if s.get("score_samples")]
+    if not scored:
+        return
+    variant = next((s["sifid_variant"] for s in scored if s["sifid_variant"]), None)
+    typer.echo(f"scores      {scored[0]['score_samples']} random samples per scale vs the scan "
+               "at that scale (medians)")
+    typer.echo("scale  patch SWD  " + (f"SIFID ({variant})" if variant else
+                                      "SIFID (not scored: no Inception weights)"))
+    for entry in scored:
+        sifid = "-" if entry["sifid"] is None else f"{entry['sifid']:.4g}"
+        typer.echo(f"{entry['scale']:>5}  {entry['patch_swd']:>9.4g}  {sifid:>5}")
 
 
 def _latest_run(folder: Path = Path("runs")) -> Path:
@@ -377,6 +405,7 @@ def score(
 
 
 register_manipulations(app)
+register_animation(app)
 
 manifest_app = typer.Typer(help="Validate and combine CSV manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")

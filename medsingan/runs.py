@@ -19,6 +19,7 @@ from medsingan.io import read_scan
 from medsingan.io.deid import deidentified_header
 from medsingan.io.dicom import source_warnings
 from medsingan.model.container import TrainedPyramid
+from medsingan.monitor import MonitorOptions
 from medsingan.preprocess import prepare_scan
 from medsingan.presets import resolve_preset
 from medsingan.pyramid import pyramid_shapes
@@ -68,7 +69,8 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
                last_scale: int = 0, label: str = "", split: str = "",
                subject_id: str | None = None,
                roi: str | tuple[int, int, int, int] | None = None,
-               spacing: float | None = None) -> tuple[Path, TrainedPyramid]:
+               spacing: float | None = None,
+               monitor: MonitorOptions | None = None) -> tuple[Path, TrainedPyramid]:
     """Train a SinGAN on one scan slice; returns the run directory and the trained pyramid.
 
     The run's ``config.json`` records, under ``extra``, the source (path, sha256, geometry,
@@ -82,6 +84,8 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
     ``max_size`` applies, optionally resampled to ``spacing`` mm per pixel; ``extra["roi"]``
     records it, and the run's outputs are the full-size source with only the region changed
     (:mod:`medsingan.roi`). The intensity mapping is the whole scan's.
+
+    ``monitor``: per-scale scoring and TensorBoard log (:mod:`medsingan.monitor`).
     """
     if spacing is not None and roi is None:
         raise ConfigError("--spacing applies to a region (--roi X,Y,W,H)")
@@ -119,5 +123,6 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
     warn_user(extra["warnings"])
     image = torch.from_numpy(unit)[None, None]
     pyramid = train(image, config, run_dir, extra_config=extra, resume=resume,
-                    overwrite=overwrite, progress=progress, last_scale=last_scale)
+                    overwrite=overwrite, progress=progress, last_scale=last_scale,
+                    monitor=monitor)
     return run_dir, pyramid

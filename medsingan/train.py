@@ -20,7 +20,13 @@ Run directory layout (all writes atomic):
   counts as finished once it is in this file);
 * ``resume_state.safetensors``: the discriminators (the next scale starts from the last one);
   optimisers restart at every scale, as in the paper, so they need no state;
-* ``history.csv``, ``curves.png``, ``samples_scale_<n>.png`` (real, reconstruction, 3 samples).
+* ``history.csv``, ``samples_scale_<n>.png`` (real, reconstruction, 3 samples) after each
+  scale; ``curves.png`` (:mod:`medsingan.plots`) after each scale that took a minute or more,
+  and when training stops (finished, ``last_scale`` reached, Ctrl-C);
+* ``scales.csv``: one row per finished scale: size, noise amplitude, time, the last logged
+  reconstruction MSE, and the scores of a few random samples of that scale against the real
+  image at that scale (patch SWD always, SIFID when the Inception weights are present; see
+  :mod:`medsingan.monitor`), also kept per sample in ``config.json``'s progress.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from medsingan.model.blocks import ACTIVATIONS, NORMS, PADDINGS, init_weights
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator, NetSpec, scale_width
 from medsingan.model.noise import Stream, check_seed, draw_noise, seeded_generator
-from medsingan.model.previews import save_loss_curves, save_sample_sheet
+from medsingan.model.previews import save_sample_sheet
 from medsingan.model.serialization import (
     atomic_write,
     load_networks,
@@ -59,6 +65,15 @@ from medsingan.model.serialization import (
     save_networks,
     save_pyramid,
 )
+from medsingan.monitor import (
+    MonitorOptions,
+    ScaleScorer,
+    TensorBoardLog,
+    mean,
+    median,
+    training_sifid,
+)
+from medsingan.plots import save_training_curves
 from medsingan.pyramid import (
     build_image_pyramid,
     effective_scale_factor,
@@ -74,6 +89,13 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 SAMPLES_PATTERN = "samples_scale_{}.png"
 HISTORY_COLUMNS = ("scale", "iter", "d_loss", "g_adv", "rec_loss", "gp", "lr", "seconds")
+SCALES_FILE = "scales.csv"
+# curves.png is redrawn after a scale that trained this long (the drawing, about a second, is
+# then under 2% of it), and always when training stops
+CURVES_REDRAW_SECONDS = 60.0
+SCALE_COLUMNS = ("scale", "height", "width", "noise_amp", "iters", "seconds", "rec_loss",
+                 "samples", "patch_swd_median", "patch_swd_mean", "sifid_median", "sifid_mean",
+                 "sifid_variant", "score_seconds")
 RUN_FORMAT = "medsingan-run"
 
 # Settings that may change on resume without changing the result's meaning.
@@ -312,10 +334,13 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
 
 
 class _Reporter:
-    """A rich progress bar per scale and a summary line per finished scale; silent if off."""
+    """A rich progress bar per scale and a summary line per finished scale; silent if off.
+    Every row and every scale's scores also go to the TensorBoard log ``live``, if any."""
 
-    def __init__(self, enabled: bool, num_scales: int, iters: int) -> None:
+    def __init__(self, enabled: bool, num_scales: int, iters: int,
+                 live: TensorBoardLog | None = None) -> None:
         self.enabled, self.num_scales, self.iters = enabled, num_scales, iters
+        self.live = live
         self.console = Console(stderr=True)
         self._progress: Progress | None = None
         self._task: Any = None
@@ -336,18 +361,25 @@ class _Reporter:
         self._progress = None
 
     def advance(self, done: int, row: dict[str, float]) -> None:
+        if self.live is not None:
+            self.live.add_row(row)
         if self._progress is not None:
             losses = f"D {row['d_loss']:+.3f} G {row['g_adv']:+.3f} rec {row['rec_loss']:.4f}"
             self._progress.update(self._task, completed=done, losses=losses)
 
     def finished(self, scale: int, shape: tuple[int, int], width: int, amp: float,
-                 rows: list[dict[str, float]]) -> None:
+                 rows: list[dict[str, float]], scores: dict[str, Any]) -> None:
+        if self.live is not None:
+            self.live.add_scale(scale, amp, scores)
         if self.enabled and rows:
             last = rows[-1]
+            sifid = median(scores["sifid"])
             self.console.print(
                 f"scale {scale}/{self.num_scales - 1}  {shape[0]}x{shape[1]} px  width {width}  "
                 f"noise amp {amp:.4f}  rec MSE {last['rec_loss']:.5f}  "
-                f"D {last['d_loss']:+.4f}  {last['seconds']:.1f} s", soft_wrap=True)
+                f"D {last['d_loss']:+.4f}  {last['seconds']:.1f} s  "
+                f"patch SWD {median(scores['patch_swd']):.4g}"
+                + ("" if sifid is None else f"  SIFID {sifid:.4g}"), soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +399,36 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
 
 
+def scale_table(metadata: dict[str, Any], noise_amps: dict[int, float],
+                history: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """One row of :data:`SCALE_COLUMNS` per finished scale, coarsest first (``scales.csv``)."""
+    shapes = metadata["geometry"]["shapes"]
+    last_rec = {int(row["scale"]): row["rec_loss"] for row in history}
+    rows = []
+    for scale in sorted(noise_amps, reverse=True):
+        entry = metadata.get("progress", {}).get(str(scale), {})
+        scores = entry.get("scores") or {}
+        rows.append({
+            "scale": scale, "height": shapes[scale][0], "width": shapes[scale][1],
+            "noise_amp": noise_amps[scale], "iters": entry.get("iters"),
+            "seconds": entry.get("seconds"), "rec_loss": last_rec.get(scale),
+            "samples": scores.get("samples"),
+            "patch_swd_median": median(scores.get("patch_swd")),
+            "patch_swd_mean": mean(scores.get("patch_swd")),
+            "sifid_median": median(scores.get("sifid")), "sifid_mean": mean(scores.get("sifid")),
+            "sifid_variant": scores.get("sifid_variant"), "score_seconds": scores.get("seconds"),
+        })
+    return rows
+
+
+def _write_scales(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SCALE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+
+
 def _read_history(path: Path, scales: set[int]) -> list[dict[str, float]]:
     """Rows of the finished ``scales`` (rows of an interrupted scale are dropped)."""
     if not path.is_file():
@@ -379,7 +441,7 @@ def _read_history(path: Path, scales: set[int]) -> list[dict[str, float]]:
 
 
 def _run_files(run_dir: Path) -> list[Path]:
-    names = [CONFIG_FILE, WEIGHTS_FILE, RESUME_FILE, HISTORY_FILE, CURVES_FILE]
+    names = [CONFIG_FILE, WEIGHTS_FILE, RESUME_FILE, HISTORY_FILE, SCALES_FILE, CURVES_FILE]
     return [run_dir / n for n in names] + sorted(run_dir.glob(SAMPLES_PATTERN.format("*")))
 
 
@@ -423,7 +485,9 @@ def load_run(run_dir: Path) -> TrainedPyramid:
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
-    """What ``medsingan info`` prints: geometry, widths, noise amplitudes, progress per scale."""
+    """What ``medsingan info`` prints: geometry, widths, noise amplitudes, progress per scale,
+    and each scale's sample scores (``patch_swd``, ``sifid``: medians; ``None`` when not
+    scored)."""
     run_dir = Path(run_dir)
     metadata = _read_config(run_dir)
     pyramid = load_run(run_dir) if (run_dir / WEIGHTS_FILE).is_file() else None
@@ -441,6 +505,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "noise_amp": pyramid.noise_amps[scale] if done and pyramid else None,
             "iters": entry.get("iters", 0) if done else 0,
             "seconds": entry.get("seconds") if done else None,
+            **_summary_scores(entry.get("scores") if done else None),
         })
     return {
         "run_dir": str(run_dir),
@@ -453,6 +518,13 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "extra": metadata.get("extra"),
         "version": metadata.get("version"),
     }
+
+
+def _summary_scores(scores: dict[str, Any] | None) -> dict[str, Any]:
+    scores = scores or {}
+    return {"score_samples": scores.get("samples"),
+            "patch_swd": median(scores.get("patch_swd")),
+            "sifid": median(scores.get("sifid")), "sifid_variant": scores.get("sifid_variant")}
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tensor],
@@ -485,6 +557,23 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tenso
     return stored, pyramid
 
 
+_SOURCE_SELECTION = ("sha256", "frame", "slice_index", "slice_axis", "volume")
+
+
+def _check_same_source(run_dir: Path, stored: dict[str, Any], new: dict[str, Any]) -> None:
+    """RunDirError when a resumed run would train another scan, slice or region than the one
+    its ``config.json`` records (its outputs are written into that source and region)."""
+    old_source, new_source = stored.get("source") or {}, new.get("source") or {}
+    changed = [key for key in _SOURCE_SELECTION
+               if old_source and new_source and old_source.get(key) != new_source.get(key)]
+    if (stored.get("roi") or None) != (new.get("roi") or None):
+        changed.append("roi")
+    if changed:
+        raise RunDirError(f"{run_dir} was started on another scan or region ("
+                          f"{', '.join(changed)} differ): resume it with the same scan, slice "
+                          "and --roi, or use --overwrite")
+
+
 def _check_image(image: torch.Tensor) -> torch.Tensor:
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] != 1:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -509,6 +598,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     last_scale: int = 0,
+    monitor: MonitorOptions | None = None,
 ) -> TrainedPyramid:
     """Train a SinGAN pyramid on ``image`` and write it to ``run_dir``.
 
@@ -524,15 +614,20 @@ def train(
         progress: show progress bars and per-scale summaries on stderr.
         last_scale: stop after this scale (0 = finest = the whole pyramid); the run can be
             continued later with ``resume=True``.
+        monitor: per-scale scoring and the TensorBoard log (default: patch SWD, and SIFID
+            when the paper variant's weights are found; no log).
 
     Returns:
         The trained pyramid (complete when ``last_scale == 0``).
 
     Raises:
         ConfigError, InvalidImageError, RunDirError: bad settings, image or run directory.
+        SifidWeightsError: an explicit Inception weights file is missing, or a file found is
+            not the SIFID variant's weights.
         TrainingInterrupted: Ctrl-C; every scale finished before it is saved.
     """
     config.validate()
+    monitor = (monitor or MonitorOptions()).validate()
     image = _check_image(image)
     device = config.resolved_device()
     shapes = pyramid_shapes(image.shape[-2], image.shape[-1], config.min_size, config.max_size,
@@ -545,12 +640,15 @@ def train(
         raise ConfigError("--resume continues a run and --overwrite replaces it: choose one")
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir} holds no run to resume; drop --resume to start one")
+    scorer = ScaleScorer(training_sifid(monitor, device))  # weights checked before any write
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create the run directory {run_dir}: "
                           f"{exc.strerror or exc}") from exc
     stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
+    if stored is not None:
+        _check_same_source(run_dir, stored.get("extra") or {}, extra_config or {})
     channels = image.shape[1]
     coarsest = len(shapes) - 1
     metadata = stored or {
@@ -576,8 +674,11 @@ def train(
     pyramid.to(device)
     pyramid.metadata = metadata
     history = _read_history(run_dir / HISTORY_FILE, set(pyramid.generators))
-    report = _Reporter(progress, len(shapes), config.iters)
+    live = (TensorBoardLog(monitor.tensorboard, len(shapes), config.iters)
+            if monitor.tensorboard is not None else None)
+    report = _Reporter(progress, len(shapes), config.iters, live)
     scale = saved = pyramid.finest_trained
+    curves_stale = False  # curves.png lags behind the finished scales
     try:
         for scale in range(pyramid.finest_trained - 1, last_scale - 1, -1):
             level = coarsest - scale
@@ -595,15 +696,25 @@ def train(
             critics[scale] = critic.eval().requires_grad_(False)
             _trim_heap()
             history += rows
-            metadata["progress"][str(scale)] = {"iters": config.iters,
-                                                "seconds": time.perf_counter() - started}
-            _save_scale(run_dir, pyramid, critics, history, metadata, scale, config.seed)
-            saved = scale
-            report.finished(scale, shapes[scale], spec.width, amp, rows)
+            seconds = time.perf_counter() - started
+            metadata["progress"][str(scale)] = {"iters": config.iters, "seconds": seconds}
+            scores = _save_scale(run_dir, pyramid, critics, history, metadata, scale,
+                                 config.seed, scorer, monitor.score_samples)
+            saved, curves_stale = scale, seconds < CURVES_REDRAW_SECONDS
+            if not curves_stale:
+                _save_curves(run_dir, history, metadata, pyramid.noise_amps)
+            report.finished(scale, shapes[scale], spec.width, amp, rows, scores)
+        if curves_stale:
+            _save_curves(run_dir, history, metadata, pyramid.noise_amps)
     except KeyboardInterrupt:
+        if curves_stale:
+            _save_curves(run_dir, history, metadata, pyramid.noise_amps)
         done = f"scales {coarsest}..{saved} are saved" if saved <= coarsest else "nothing is saved"
         raise TrainingInterrupted(f"training interrupted at scale {scale}; {done} in {run_dir}:"
                                   " continue with --resume") from None
+    finally:
+        if live is not None:
+            live.close()
     return pyramid
 
 
@@ -655,15 +766,28 @@ def _reconstruction_start(pyramid: TrainedPyramid, scale: int, config: TrainConf
 
 def _save_scale(run_dir: Path, pyramid: TrainedPyramid, critics: dict[int, Discriminator],
                 history: list[dict[str, float]], metadata: dict[str, Any], scale: int,
-                seed: int) -> None:
+                seed: int, scorer: ScaleScorer, score_samples: int) -> dict[str, Any]:
     """Persist a finished scale: critics first, then the weights (the commit point), then the
-    human-facing files."""
+    human-facing files; returns the scale's sample scores (also in ``metadata``)."""
     save_networks(run_dir / RESUME_FILE, "discriminator", critics)
     save_pyramid(run_dir / WEIGHTS_FILE, pyramid)
     _write_history(run_dir / HISTORY_FILE, history)
-    save_loss_curves(run_dir / CURVES_FILE, history, ("d_loss", "g_adv", "rec_loss", "gp"))
-    samples = sample(pyramid, 3, seed=seed, end_scale=scale, batch_size=1)  # low peak memory
+    # the sheet shows the first 3 of the scored samples (sample i depends on (seed, i) only)
+    samples = sample(pyramid, max(3, score_samples), seed=seed, end_scale=scale,
+                     batch_size=1)  # low peak memory
+    scores = scorer(pyramid.reals[scale], samples[:score_samples])
+    metadata["progress"][str(scale)]["scores"] = scores
     save_sample_sheet(run_dir / SAMPLES_PATTERN.format(scale),
-                      [pyramid.reals[scale], pyramid.reconstruct(scale), *samples.split(1)])
+                      [pyramid.reals[scale], pyramid.reconstruct(scale), *samples[:3].split(1)])
+    _write_scales(run_dir / SCALES_FILE, scale_table(metadata, pyramid.noise_amps, history))
     _write_json(run_dir / CONFIG_FILE, metadata)
+    return scores
+
+
+def _save_curves(run_dir: Path, history: list[dict[str, float]], metadata: dict[str, Any],
+                 noise_amps: dict[int, float]) -> None:
+    table = scale_table(metadata, noise_amps, history)
+    save_training_curves(run_dir / CURVES_FILE, history,
+                         [{**row, "scores": metadata["progress"][str(row["scale"])].get("scores")}
+                          for row in table])
 

@@ -27,6 +27,7 @@ class Stream(IntEnum):
     SAMPLE = 3            # sample i of a cohort or a manipulation: (seed, SAMPLE, i)
     SUPER_RESOLUTION = 4  # super-resolution step noise of output i
     INIT = 5              # network initialisation of scale n: (seed, INIT, n)
+    ANIMATION = 6         # the noise walk of an animation: (seed, ANIMATION)
 
 
 def check_seed(seed: int) -> int:

@@ -1,4 +1,4 @@
-"""PNG previews of a run: sample sheets and loss curves, drawn with Pillow only."""
+"""PNG previews of a run: sample sheets, drawn with Pillow (the curves: :mod:`medsingan.plots`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from medsingan.model.serialization import atomic_write
 
 _GAP = 4
-_CURVE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -40,36 +39,3 @@ def save_sample_sheet(path: Path, images: Sequence[torch.Tensor], min_height: in
     for k, tile in enumerate(tiles):
         sheet.paste(tile, ((k % columns) * (cell_w + _GAP), (k // columns) * (cell_h + _GAP)))
     _save_png(path, sheet)
-
-
-def save_loss_curves(path: Path, rows: Sequence[dict[str, float]], columns: Sequence[str],
-                     panel_size: tuple[int, int] = (720, 160)) -> None:
-    """One panel per column, values against logged step; dotted lines where the scale changes.
-
-    Each panel is scaled to its own min..max, printed at its left edge.
-    """
-    width, height = panel_size
-    picture = Image.new("RGB", (width, height * len(columns)), "white")
-    draw = ImageDraw.Draw(picture)
-    margin = 6
-    for panel, (column, colour) in enumerate(zip(columns, _CURVE_COLOURS, strict=False)):
-        top = panel * height
-        values = [float(r[column]) for r in rows]
-        low, high = (min(values), max(values)) if values else (0.0, 1.0)
-        span = (high - low) or 1.0
-        step = (width - 2 * margin) / max(len(values) - 1, 1)
-
-        def point(i: int, value: float, top: int = top, low: float = low, span: float = span,
-                  step: float = step) -> tuple[float, float]:
-            return margin + i * step, top + height - margin - (value - low) / span * (height - 30)
-
-        for i in range(1, len(rows)):
-            if rows[i]["scale"] != rows[i - 1]["scale"]:
-                x = margin + i * step
-                for y in range(top, top + height, 6):
-                    draw.line([(x, y), (x, y + 2)], fill="#bbbbbb")
-        if len(values) > 1:
-            draw.line([point(i, v) for i, v in enumerate(values)], fill=colour, width=1)
-        draw.text((margin, top + 2), f"{column}  [{low:.4g}, {high:.4g}]", fill="black")
-        draw.line([(0, top + height - 1), (width, top + height - 1)], fill="#888888")
-    _save_png(path, picture)
