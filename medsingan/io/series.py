@@ -22,11 +22,13 @@ from medsingan.errors import ScanReadError
 from medsingan.io.dicom import _pixel_spacing, read_dicom
 from medsingan.io.scan import Scan
 
-# A step between neighbouring slices this many times the series' median step is a gap.
+# A step between neighbouring slices this many times the series' smallest step is a gap.
 GAP_FACTOR = 1.5
 # Positions closer than this (mm, or instance numbers) are the same position.
 _SAME_POSITION = 1e-3
 # Spacings and direction cosines within these of the first slice's are the same.
+# Steps differing by more than this (mm, or a fraction of the step) are uneven.
+_UNEVEN_ABSOLUTE, _UNEVEN_RELATIVE = 0.01, 0.1
 _SPACING_RTOL = 1e-4
 _COSINE_ATOL = 1e-4
 
@@ -150,7 +152,8 @@ def _positions(folder: Path,
 def _check_spacing(folder: Path, files: list[Path], positions: list[float],
                    ordered_by: str) -> None:
     """No two slices at one position, no slice missing (a step over GAP_FACTOR times the
-    median step)."""
+    smallest step), no uneven steps (more than 10 % or 0.01 mm apart). A slice missing at
+    either end of the series cannot be seen."""
     unit = " mm" if ordered_by == "position" else ""
     steps = np.diff(positions)
     for i, step in enumerate(steps):
@@ -160,7 +163,8 @@ def _check_spacing(folder: Path, files: list[Path], positions: list[float],
                                 "duplicate slice")
     if len(steps) < 2:
         return
-    usual = float(np.median(steps))
+    # the smallest step is the series' own (a median would hide one missing slice of three)
+    usual = float(np.min(steps))
     gaps = [i for i, step in enumerate(steps) if step > GAP_FACTOR * usual]
     if gaps:
         i = gaps[0]
@@ -169,6 +173,12 @@ def _check_spacing(folder: Path, files: list[Path], positions: list[float],
                             f"({ordered_by} {positions[i]:g}{unit}) and {files[i + 1].name} "
                             f"({positions[i + 1]:g}{unit}): a step of {steps[i]:g}{unit} where "
                             f"the series steps by {usual:g}{unit}{more}")
+    widest = float(np.max(steps))
+    if widest - usual > max(_UNEVEN_ABSOLUTE, _UNEVEN_RELATIVE * usual):
+        i = int(np.argmax(steps))
+        raise ScanReadError(f"{folder}: uneven slice spacing: steps from {usual:g}{unit} to "
+                            f"{widest:g}{unit} (between {files[i].name} and "
+                            f"{files[i + 1].name}); a volume needs one slice step")
 
 
 def list_series(folder: str | Path) -> DicomSeries:

@@ -151,6 +151,23 @@ def _missing_slice(folder: Path) -> list[str]:
     return ["missing", _file_name(9), _file_name(11)]
 
 
+def _one_of_three_missing(folder: Path) -> list[str]:
+    """Slices 0, 1 and 3 only: one step is twice the other (a median of two hides it)."""
+    for index in range(SLICES):
+        if index not in (0, 1, 3):
+            (folder / _file_name(index)).unlink()
+    return ["missing", _file_name(1), _file_name(3)]
+
+
+def _uneven_steps(folder: Path) -> list[str]:
+    """Slice 5 moved 15 % of a step towards slice 6: steps of 1.15 and 0.85 slice steps."""
+    here = np.array(pydicom.dcmread(folder / _file_name(5)).ImagePositionPatient, float)
+    there = np.array(pydicom.dcmread(folder / _file_name(6)).ImagePositionPatient, float)
+    _edit(folder / _file_name(5),
+          ImagePositionPatient=[f"{v:.6g}" for v in here + 0.15 * (there - here)])
+    return ["uneven slice spacing"]
+
+
 def _other_spacing(folder: Path) -> list[str]:
     _edit(folder / _file_name(4), PixelSpacing=["2.5", "2.5"])
     return ["pixel spacing", _file_name(4)]
@@ -209,7 +226,8 @@ def _multi_frame(folder: Path) -> list[str]:
     return ["multi-frame", "--frame"]
 
 
-@pytest.mark.parametrize("damage", [_mixed_series, _missing_slice, _other_spacing,
+@pytest.mark.parametrize("damage", [_mixed_series, _missing_slice, _one_of_three_missing,
+                                    _uneven_steps, _other_spacing,
                                     _other_orientation, _duplicate_position, _other_size,
                                     _empty, _not_dicom, _only_folders, _multi_frame])
 def test_a_folder_that_is_not_one_clean_series_gets_one_line(own_series, damage):
