@@ -6,29 +6,26 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 from PIL import Image, ImageSequence
 
 from medsingan.animate import AnimateRequest, animate, render_frames
 from medsingan.generate import reconstruct, sample
-from medsingan.train import TrainConfig, load_run, train
+from medsingan.runs import train_scan
+from medsingan.train import load_run
 from tests.cli.in_process import assert_one_line_error_in_process, run_in_process
 from tests.cli.test_inspect import run_cli
 from tests.conftest import dicom_file
 
 # 128 x 128 CT at max side 32 -> 3 scales (32, 29, 25)
-TINY = TrainConfig(max_size=32, nfc=8, max_nfc=8, iters=8, log_every=4, norm="instance",
-                   device="cpu")
+TINY = {"max_size": 32, "nfc": 8, "max_nfc": 8, "iters": 8, "log_every": 4, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    pixels = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array.astype(np.float32)
-    unit = (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 2 - 1
     folder = tmp_path_factory.mktemp("animate") / "run"
-    train(torch.from_numpy(unit)[None, None], TINY, folder, progress=False)
+    train_scan(dicom_file("CT_small.dcm"), folder, overrides=TINY, progress=False)
     return folder
 
 

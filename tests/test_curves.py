@@ -9,10 +9,7 @@ import shutil
 import statistics
 import sys
 
-import numpy as np
-import pydicom
 import pytest
-import torch
 from PIL import Image
 
 from medsingan.generate import sample
@@ -20,33 +17,27 @@ from medsingan.metrics.patch_swd import patch_swd
 from medsingan.metrics.sifid import SifidScorer
 from medsingan.monitor import MonitorOptions, ScaleScorer
 from medsingan.plots import LOSS_PANELS, training_figure
-from medsingan.pyramid import resize
-from medsingan.train import TrainConfig, train
+from medsingan.runs import train_scan
 from tests.cli.in_process import assert_one_line_error_in_process, run_in_process
 from tests.conftest import dicom_file
 
 # 128 x 128 CT at max side 32 -> 3 scales (32, 29, 25)
-TINY = TrainConfig(max_size=32, nfc=8, max_nfc=8, iters=6, log_every=2, norm="instance",
-                   device="cpu")
+TINY = {"max_size": 32, "nfc": 8, "max_nfc": 8, "iters": 6, "log_every": 2, "device": "cpu"}
+ITERS, SEED = TINY["iters"], 0
 
 
 @pytest.fixture(scope="module")
-def ct_image() -> torch.Tensor:
-    pixels = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array.astype(np.float32)
-    unit = (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 2 - 1
-    return torch.from_numpy(unit)[None, None]
-
-
-@pytest.fixture(scope="module")
-def scored_run(ct_image, inception_weights, tmp_path_factory):
+def scored_run(inception_weights, tmp_path_factory):
     """Trained in two calls (the coarsest two scales, then --resume), with SIFID weights and a
     TensorBoard log; curves.png is drawn when each call stops."""
     folder = tmp_path_factory.mktemp("scored")
     run_dir, log_dir = folder / "run", folder / "tb"
     monitor = MonitorOptions(inception_weights=inception_weights, tensorboard=log_dir)
-    train(ct_image, TINY, run_dir, progress=False, last_scale=1, monitor=monitor)
+    scan = dicom_file("CT_small.dcm")
+    train_scan(scan, run_dir, overrides=TINY, progress=False, last_scale=1, monitor=monitor)
     curves_after_first_call = (run_dir / "curves.png").read_bytes()
-    pyramid = train(ct_image, TINY, run_dir, progress=False, resume=True, monitor=monitor)
+    _, pyramid = train_scan(scan, run_dir, overrides=TINY, progress=False, resume=True,
+                            monitor=monitor)
     return run_dir, log_dir, pyramid, curves_after_first_call
 
 
@@ -71,7 +62,7 @@ def test_every_scale_is_scored_on_its_samples_against_the_real_image_at_that_sca
         real = pyramid.reals[scale]
         assert (int(row["height"]), int(row["width"])) == tuple(real.shape[-2:])
         # the samples of that scale, drawn again, scored one by one by the plain functions
-        samples = sample(pyramid, 4, seed=TINY.seed, end_scale=scale, batch_size=1).clamp(-1, 1)
+        samples = sample(pyramid, 4, seed=SEED, end_scale=scale, batch_size=1).clamp(-1, 1)
         swd = [patch_swd(real, samples[i:i + 1], patches=2048, directions=256)["mean"]
                for i in range(4)]
         assert int(row["samples"]) == 4
@@ -115,8 +106,10 @@ def test_a_run_without_scores_still_has_its_info(scored_run, tmp_path, monkeypat
     assert code == 0 and "noise amp" in out and "patch SWD" not in out, err
 
 
-def test_without_weights_sifid_is_left_out_and_patch_swd_is_still_scored(ct_image):
-    real = resize(ct_image, (32, 32))  # every patch is a descriptor: itself scores 0
+def test_without_weights_sifid_is_left_out_and_patch_swd_is_still_scored(scored_run):
+    # 32 x 32: every patch is a descriptor, so the image scores 0 against itself (clipped to
+    # [-1, 1] as the samples are: resizing the pyramid overshoots it a little)
+    real = scored_run[2].reals[0].clamp(-1, 1)
     scores = ScaleScorer(None)(real, real.expand(2, -1, -1, -1))
     assert scores["patch_swd"] == [0.0, 0.0] and scores["sifid"] is None
     assert scores["sifid_variant"] is None and scores["samples"] == 2
@@ -145,7 +138,7 @@ def test_curves_have_a_panel_per_loss_labelled_scales_and_a_log_reconstruction_a
     assert [a.get_yscale() for a in losses] == ["linear", "linear", "log", "linear"]
     boundaries = sorted({line.get_xdata()[0] for line in losses[0].get_lines()
                          if line.get_linestyle() == "--"})
-    assert boundaries == [TINY.iters, 2 * TINY.iters]  # where scales 1 and 0 start
+    assert boundaries == [ITERS, 2 * ITERS]  # where scales 1 and 0 start
     top = losses[0].child_axes[0]
     assert [t.get_text() for t in top.get_xticklabels()] == [
         "scale 2\n25x25", "scale 1\n29x29", "scale 0\n32x32"]
@@ -164,12 +157,12 @@ def test_tensorboard_log_holds_the_history_and_the_scores(scored_run):
     events.Reload()
     history = _history(run_dir)
     rec = events.Scalars("loss/rec_loss")
-    assert [e.step for e in rec] == [(2 - int(r["scale"])) * TINY.iters + int(r["iter"])
+    assert [e.step for e in rec] == [(2 - int(r["scale"])) * ITERS + int(r["iter"])
                                      for r in history]
     assert [e.value for e in rec] == pytest.approx([float(r["rec_loss"]) for r in history],
                                                    rel=1e-6)
     swd = events.Scalars("scale/patch_swd")
-    assert [e.step for e in swd] == [TINY.iters, 2 * TINY.iters, 3 * TINY.iters]
+    assert [e.step for e in swd] == [ITERS, 2 * ITERS, 3 * ITERS]
     assert [e.value for e in swd] == pytest.approx(
         [float(r["patch_swd_median"]) for r in _scales_csv(run_dir)], rel=1e-6)
     assert len(events.Scalars("scale/sifid")) == 3
