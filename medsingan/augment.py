@@ -1,8 +1,13 @@
-"""Trained run -> an augmented cohort: samples in the source's format, scores, manifest rows.
+"""Trained run (or scan) -> an augmented cohort: samples in the source's format, scores,
+manifest rows.
 
-The composition behind ``medsingan augment``. Sample ``i`` of seed ``s`` depends only on
-``(s, i)``, so an interrupted cohort is completed by generating exactly the missing indices,
-and a cohort is the same whatever the batch size.
+The composition behind ``medsingan augment``. Two engines draw the samples: ``singan``, a run
+written by ``medsingan train``, and ``patch``, the training-free patch engine
+(:mod:`medsingan.engines.patch`) run on the scan file itself, with the same preprocessing
+(modality preset, intensity mapping, pyramid) as training. Sample ``i`` of seed ``s`` depends
+only on ``(s, i)``, so an interrupted cohort is completed by generating exactly the missing
+indices, and a cohort is the same whatever the batch size. Every sample gets a copy score
+(:mod:`medsingan.metrics.copy`); the summary lists those over ``max_copy``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from medsingan.devices import resolve_device
+from medsingan.engines.patch import PatchEngineConfig, PatchSampler, scan_pyramid
 from medsingan.errors import ConfigError, MedsinganError, RunDirError, ScanWriteError, warn_user
 from medsingan.generate import sample, scaled_shapes
 from medsingan.io import DerivedSeries, ScanMetadata, read_scan, write_scan
@@ -34,13 +40,16 @@ from medsingan.manifest import (
     relative_to_manifest,
     set_column,
 )
+from medsingan.metrics.copy import DEFAULT_PATCH as COPY_PATCH
+from medsingan.metrics.copy import CopyScorer
 from medsingan.metrics.diversity import CohortDiversity, similarity_to_source
 from medsingan.metrics.patch_swd import PatchSWDScorer
 from medsingan.metrics.sifid import DEFAULT_VARIANT, SifidScorer, find_inception_weights
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.noise import check_seed
 from medsingan.model.previews import save_sample_sheet
-from medsingan.preprocess import IntensityMapping
+from medsingan.preprocess import IntensityMapping, prepare_scan
+from medsingan.presets import resolve_preset
 from medsingan.roi import (
     Region,
     RegionCanvas,
@@ -51,6 +60,7 @@ from medsingan.roi import (
     region_of_run,
     region_taper,
 )
+from medsingan.runs import default_run_dir, describe_source
 from medsingan.train import load_run
 
 FORMAT_SUFFIX = {"dicom": ".dcm", "nifti": ".nii.gz", "png": ".png", "tiff": ".png",
@@ -59,6 +69,10 @@ FORMAT_SUFFIX = {"dicom": ".dcm", "nifti": ".nii.gz", "png": ".png", "tiff": ".p
 SETTINGS_FILE = "augment.json"
 GRID_FILE = "grid.png"
 SUMMARY_FILE = "summary.json"
+ENGINES = ("singan", "patch")
+# A sample of which more than this fraction of the informative patches are near-verbatim
+# copies of the scan's is listed in the summary.
+DEFAULT_MAX_COPY = 0.5
 # Largest output side: DICOM's Rows/Columns are 16-bit, and 16k px is already ~4 GiB of
 # activations per sample at the finest scale.
 MAX_OUTPUT_SIDE = 16384
@@ -84,9 +98,15 @@ def parse_scale(text: str | int, coarsest: int, option: str = "--start-scale") -
 
 @dataclass
 class AugmentRequest:
-    """What to generate and where; ``None`` means "from the run"."""
+    """What to generate and where; ``None`` means "from the run" (patch engine: "from the
+    scan and its modality preset").
 
-    run_dir: Path
+    ``engine`` ``singan`` samples the trained run ``run_dir``; ``patch`` runs the patch engine
+    on ``scan`` (read with ``frame``, ``slice_index``, ``slice_axis``, ``volume`` and mapped
+    with the ``modality`` preset and CT ``window``, exactly as ``train`` would).
+    """
+
+    run_dir: Path | None
     n: int
     start_scale: str = "N"
     seed: int = 0
@@ -109,6 +129,15 @@ class AugmentRequest:
     keep_identifiers: bool = False
     progress: bool = True
     grid_size: int = 16
+    engine: str = "singan"
+    scan: Path | None = None
+    modality: str = "auto"
+    window: str | None = None
+    frame: int | None = None
+    slice_index: int | None = None
+    slice_axis: int | None = None
+    volume: int | None = None
+    max_copy: float = DEFAULT_MAX_COPY
 
 
 @dataclass
@@ -169,6 +198,196 @@ def source_meta(extra: dict[str, Any], keep_identifiers: bool) -> ScanMetadata:
     return meta
 
 
+def run_engine(pyramid: TrainedPyramid) -> str:
+    """The ``engine`` column of a run's samples: ``singan``, or ``singan-<loss>`` for a run
+    whose training config names another loss than WGAN-GP."""
+    loss = str((pyramid.metadata.get("train") or {}).get("loss") or "wgan-gp")
+    return "singan" if loss == "wgan-gp" else f"singan-{loss}"
+
+
+class SampleSource:
+    """What augment draws samples from: its name, engine, source description (``extra``,
+    as a run's ``config.json`` keeps it), training image and pyramid geometry, and the
+    settings that identify it in a cohort folder's ``augment.json``."""
+
+    name: str
+    engine: str
+    extra: dict[str, Any]
+    identity: dict[str, Any]
+    default_out: Path
+    model: Path | None  # the manifest's model column (a run directory), None without a run
+
+    @property
+    def real(self) -> torch.Tensor:
+        """The training image ``(1, C, h, w)`` in [-1, 1] (the finest scale)."""
+        raise NotImplementedError
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """The pyramid's sizes, finest first."""
+        raise NotImplementedError
+
+    def output_shapes(self, scale_h: float, scale_w: float) -> list[tuple[int, int]]:
+        """Every scale's size for an output stretched by ``scale_h`` x ``scale_w``."""
+        raise NotImplementedError
+
+    def meta(self, keep_identifiers: bool) -> ScanMetadata:
+        """The source's metadata, ready for ``write_scan``."""
+        raise NotImplementedError
+
+    def batch_size(self, output: tuple[int, int]) -> int:
+        raise NotImplementedError
+
+    def to(self, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def draw(self, indices: list[int], start: int, seed: int,
+             shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """Samples number ``indices`` of ``seed``, noise from scale ``start``, at ``shapes``."""
+        raise NotImplementedError
+
+    @property
+    def coarsest(self) -> int:
+        return len(self.shapes) - 1
+
+
+class RunSource(SampleSource):
+    """A complete run written by ``medsingan train`` (engine ``singan``)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.pyramid, self.extra = load_complete_run(self.run_dir)
+        self.name = self.run_dir.resolve().name
+        self.engine = run_engine(self.pyramid)
+        self.identity = {"run_sha": sha256_of(self.run_dir / "weights.safetensors")}
+        self.default_out = self.run_dir / "samples"
+        self.model = self.run_dir.resolve()
+
+    @property
+    def real(self) -> torch.Tensor:
+        return self.pyramid.reals[0]
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [tuple(shape) for shape in self.pyramid.shapes]
+
+    def output_shapes(self, scale_h: float, scale_w: float) -> list[tuple[int, int]]:
+        return scaled_shapes(self.pyramid, scale_h, scale_w)
+
+    def meta(self, keep_identifiers: bool) -> ScanMetadata:
+        return source_meta(self.extra, keep_identifiers)
+
+    def batch_size(self, output: tuple[int, int]) -> int:
+        return default_batch_size(self.pyramid, output)
+
+    def to(self, device: torch.device) -> None:
+        self.pyramid.to(device)
+
+    def draw(self, indices: list[int], start: int, seed: int,
+             shapes: list[tuple[int, int]]) -> torch.Tensor:
+        return _sample_indices(self.pyramid, indices, start, seed, shapes)
+
+
+class ScanSource(SampleSource):
+    """A scan file for the patch engine: read, mapped with its modality preset and built into
+    the pyramid training would build (the preset's ``min_size`` and ``max_size``); ``label``,
+    ``split`` and ``subject_id`` are the cohort facts its samples inherit (default subject: a
+    pseudonym from the file's hash)."""
+
+    def __init__(self, scan_path: Path, *, modality: str = "auto", window: str | None = None,
+                 frame: int | None = None, slice_index: int | None = None,
+                 slice_axis: int | None = None, volume: int | None = None, label: str = "",
+                 split: str = "", subject_id: str | None = None) -> None:
+        scan = read_scan(scan_path, frame=frame, slice_index=slice_index,
+                         slice_axis=slice_axis, volume=volume)
+        preset = resolve_preset(modality, scan.meta.modality)
+        geometry = {key: preset.train[key] for key in ("min_size", "max_size")
+                    if key in preset.train}
+        self.config = PatchEngineConfig(**geometry).validate()
+        mapping, unit = prepare_scan(scan, preset, window=window,
+                                     min_size=self.config.min_size)
+        self.reals = scan_pyramid(torch.from_numpy(unit)[None, None], self.config)
+        self.scan = scan
+        self.extra = describe_source(scan, preset.name, mapping, label=label, split=split,
+                                     subject_id=subject_id)
+        self.name = f"{default_run_dir(Path(scan_path)).name}_patch"
+        self.engine = "patch"
+        self.identity = {"scan_sha": scan.meta.sha256, "engine": self.engine,
+                         "engine_settings": self.config.to_dict(),
+                         "modality_preset": preset.name,
+                         "intensity_mapping": mapping.to_dict(),
+                         "selection": [scan.meta.frame, scan.meta.slice_index,
+                                       scan.meta.slice_axis, scan.meta.volume]}
+        self.default_out = Path("samples") / self.name
+        self.model = None
+        self._samplers: dict[tuple[tuple[int, int], ...], PatchSampler] = {}
+
+    @property
+    def real(self) -> torch.Tensor:
+        return self.reals[0]
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [tuple(real.shape[-2:]) for real in self.reals]
+
+    def output_shapes(self, scale_h: float, scale_w: float) -> list[tuple[int, int]]:
+        return [(max(1, round(h * scale_h)), max(1, round(w * scale_w)))
+                for h, w in self.shapes]
+
+    def meta(self, keep_identifiers: bool) -> ScanMetadata:
+        meta = ScanMetadata.from_dict(self.extra["source"])
+        meta.dicom_header = (self.scan.meta.dicom_header if keep_identifiers
+                             else self.extra["source_dicom_header"])
+        return meta
+
+    def batch_size(self, output: tuple[int, int]) -> int:
+        # ~6 live copies of every output patch (queries, gathered keys, distances) in float32
+        per_sample = output[0] * output[1] * self.config.patch_size ** 2 * 4 * 6
+        return int(np.clip((1 << 30) // max(per_sample, 1), 1, 64))
+
+    def to(self, device: torch.device) -> None:
+        self.reals = [real.to(device) for real in self.reals]
+        for sampler in self._samplers.values():
+            sampler.to(device)
+
+    def draw(self, indices: list[int], start: int, seed: int,
+             shapes: list[tuple[int, int]]) -> torch.Tensor:
+        key = tuple(tuple(shape) for shape in shapes)
+        if key not in self._samplers:
+            self._samplers[key] = PatchSampler(self.reals, self.config, shapes)
+        return self._samplers[key].sample(indices, seed, start)
+
+
+def open_source(request: AugmentRequest) -> SampleSource:
+    """The run or scan ``request`` samples from, checked (RunDirError, ConfigError, or the
+    reader's error for a scan that cannot be read)."""
+    if request.engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not "
+                          f"'{request.engine}'")
+    if request.engine == "singan":
+        scan_options = {"--modality": None if request.modality == "auto" else request.modality,
+                        "--window": request.window, "--frame": request.frame,
+                        "--slice": request.slice_index, "--slice-axis": request.slice_axis,
+                        "--volume": request.volume}
+        given = [option for option, value in scan_options.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} "
+                              "to --engine patch (a run keeps its scan's reading)")
+        if request.run_dir is None:
+            raise ConfigError("--engine singan needs a run directory")
+        return RunSource(request.run_dir)
+    if request.scan is None:
+        raise ConfigError("--engine patch needs the scan file itself")
+    if Path(request.scan).is_dir() and (Path(request.scan) / "config.json").is_file():
+        raise ConfigError(f"{request.scan} is a run directory: --engine patch samples the "
+                          "scan file itself (or use --engine singan)")
+    return ScanSource(request.scan, modality=request.modality, window=request.window,
+                      frame=request.frame, slice_index=request.slice_index,
+                      slice_axis=request.slice_axis, volume=request.volume,
+                      label=request.label or "", split=request.split or "",
+                      subject_id=request.subject_id)
+
+
 def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """A folder holds one cohort: re-running with other settings needs --overwrite."""
     path = out / SETTINGS_FILE
@@ -196,27 +415,31 @@ def _done_indices(manifest: Path, names: dict[int, Path]) -> set[int]:
 
 
 def augment(request: AugmentRequest) -> AugmentResult:
-    """Generate ``request.n`` scored samples of a trained run (see module docstring)."""
+    """Generate ``request.n`` scored samples of a trained run, or of a scan with the patch
+    engine (see module docstring)."""
     if request.n < 1:
         raise ConfigError(f"--n must be at least 1, got {request.n}")
     check_seed(request.seed)
     if request.batch_size is not None and request.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {request.batch_size}")
+    if not 0.0 <= request.max_copy <= 1.0:
+        raise ConfigError(f"--max-copy must be a fraction in [0, 1], got {request.max_copy}")
     device = resolve_device(request.device)
-    # fail fast, before any work: weights for SIFID, the run, the output format
+    # fail fast, before any work: weights for SIFID, the run or scan, the output format
     weights = (find_inception_weights(request.inception_weights, request.sifid_variant)
                if request.sifid else None)
     scorer = (SifidScorer(weights, variant=request.sifid_variant, device=device)
               if weights is not None else None)
-    pyramid, extra = load_complete_run(request.run_dir)
-    start = parse_scale(request.start_scale, pyramid.coarsest)
-    shapes = scaled_shapes(pyramid, *_output_scale(request, pyramid.shapes[0]))
-    meta = source_meta(extra, request.keep_identifiers)
+    source = open_source(request)
+    extra = source.extra
+    start = parse_scale(request.start_scale, source.coarsest)
+    shapes = source.output_shapes(*_output_scale(request, source.shapes[0]))
+    meta = source.meta(request.keep_identifiers)
     mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
     # a region run's samples replace its region of the full-size source (read once here, so
     # a missing or changed source is refused before anything is written)
-    canvas = RegionCanvas.of_run(extra, mapping, pyramid.shapes[0])
-    if canvas is not None and tuple(shapes[0]) != tuple(pyramid.shapes[0]):
+    canvas = RegionCanvas.of_run(extra, mapping, source.shapes[0])
+    if canvas is not None and tuple(shapes[0]) != tuple(source.shapes[0]):
         raise ConfigError(f"a region run's samples replace its region {canvas.region} "
                           f"(X,Y,W,H in source px): --height, --width, --scale-h and "
                           "--scale-w apply to whole-scan runs")
@@ -231,10 +454,9 @@ def augment(request: AugmentRequest) -> AugmentResult:
     if suffix == ".dcm" and meta.dicom_header is None:
         raise ConfigError("--format dcm needs a DICOM source; choose nii or png")
 
-    run_name = Path(request.run_dir).resolve().name
-    out = Path(request.out or Path(request.run_dir) / "samples")
-    manifest = Path(request.manifest or Path("data_manifests") / f"{run_name}.csv")
-    settings = {"run_sha": sha256_of(Path(request.run_dir) / "weights.safetensors"),
+    out = Path(request.out or source.default_out)
+    manifest = Path(request.manifest or Path("data_manifests") / f"{source.name}.csv")
+    settings = {**source.identity,
                 "start_scale": start, "seed": request.seed, "format": suffix,
                 "size": list(shapes[0]), "label": label, "split": split,
                 "subject_id": subject, "keep_identifiers": request.keep_identifiers,
@@ -248,15 +470,20 @@ def augment(request: AugmentRequest) -> AugmentResult:
     except OSError as exc:
         raise ScanWriteError(f"cannot write to {out}: {exc.strerror or exc}") from exc
 
-    names = {i: out / f"{run_name}_seed{request.seed}_{i:05d}{suffix}" for i in range(request.n)}
+    names = {i: out / f"{source.name}_seed{request.seed}_{i:05d}{suffix}"
+             for i in range(request.n)}
     done = set() if request.overwrite else _done_indices(manifest, names)
     todo = [i for i in range(request.n) if i not in done]
-    pyramid.to(device)
-    real = pyramid.reals[0]
+    source.to(device)
+    real = source.real
     swd_scorer = PatchSWDScorer(real, shapes[0])
+    # images under the copy score's patch side get none (an empty column)
+    copy_scorer = CopyScorer(real) if min(*real.shape[-2:], *shapes[0]) >= COPY_PATCH else None
+    model = "" if source.model is None else relative_to_manifest(source.model, manifest)
     # one DICOM study and series per cohort, the same when an interrupted cohort is completed
-    series = DerivedSeries.for_key(json.dumps({"run": run_name, **settings}, sort_keys=True))
-    batch_size = request.batch_size or default_batch_size(pyramid, shapes[0])
+    series = DerivedSeries.for_key(json.dumps({"run": source.name, **settings},
+                                              sort_keys=True))
+    batch_size = request.batch_size or source.batch_size(shapes[0])
     result = AugmentResult(out=out, manifest=manifest, skipped=len(done),
                            warnings=source_warnings(meta))
     warn_user(result.warnings)
@@ -270,14 +497,14 @@ def augment(request: AugmentRequest) -> AugmentResult:
             indices = todo[first:first + batch_size]
             # scored as written: the files hold [-1, 1] (a generator's residual output can
             # overshoot it), so an interrupted cohort read back scores the same
-            generated = _sample_indices(pyramid, indices, start, request.seed,
-                                        shapes).clamp(-1, 1)
+            generated = source.draw(indices, start, request.seed, shapes).clamp(-1, 1)
             # a region run's sample is scored as it is written: blended into the region's
             # border by the taper
             images = generated if taper is None else blend(real, generated, taper)
             sifids = scorer.score(real, images) if scorer else [None] * len(indices)
             similarity = similarity_to_source(images, real)
             swds = swd_scorer(images)
+            copies = copy_scorer(images) if copy_scorer else [None] * len(indices)
             cohort.add(images)
             rows = []
             for k, index in enumerate(indices):
@@ -294,13 +521,15 @@ def augment(request: AugmentRequest) -> AugmentResult:
                     image=str(names[index].resolve()), label=label, split=split,
                     synthetic=True, source_image=meta.source_path, subject_id=subject,
                     modality=str(extra.get("modality_preset", "")), method="random",
-                    model=relative_to_manifest(Path(request.run_dir).resolve(), manifest),
-                    start_scale=start,
+                    model=model, start_scale=start,
                     seed=request.seed, sifid=sifids[k],
                     sifid_variant=scorer.variant if scorer else "", diversity=None,
                     similarity_to_source=similarity[k], height=physical.shape[0],
-                    width=physical.shape[1], extra={"sample_index": index, "patch_swd": swds[k],
-                                                 "intensity_window": window}))
+                    width=physical.shape[1], extra={
+                        "sample_index": index, "patch_swd": swds[k],
+                        "intensity_window": window, "engine": source.engine,
+                        "copy_score": copies[k] and copies[k].score,
+                        "copy_region_px": copies[k] and copies[k].region_px}))
                 result.written.append(names[index])
             append_rows(manifest, rows, on_existing="replace")
             bar.advance(task, len(indices))
@@ -316,8 +545,9 @@ def augment(request: AugmentRequest) -> AugmentResult:
     # the training image first, then the first samples, four or more to a row
     sheet = [real.cpu(), *(grid_units[i] for i in sorted(grid_units))]
     save_sample_sheet(out / GRID_FILE, sheet, columns=max(4, int(np.ceil(len(sheet) ** 0.5))))
-    result.summary = _write_summary(out, manifest, listed, request, start, cohort_diversity,
-                                    scorer.variant if scorer else None, result.warnings)
+    result.summary = _write_summary(out, manifest, listed, request, source, start,
+                                    cohort_diversity, scorer.variant if scorer else None,
+                                    result.warnings)
     return result
 
 
@@ -394,17 +624,30 @@ def read_unit(path: Path, mapping: IntensityMapping, shape: tuple[int, int],
 
 
 def _write_summary(out: Path, manifest: Path, listed: list[str], request: AugmentRequest,
-                   start: int, cohort_diversity: float | None,
+                   source: SampleSource, start: int, cohort_diversity: float | None,
                    variant: str | None, warnings: list[str]) -> dict[str, Any]:
-    """``summary.json``: the cohort's settings and mean scores."""
+    """``summary.json``: the cohort's settings and mean scores, and the samples that copy
+    more than ``request.max_copy`` of their patches from the source."""
     frame = read_manifest(manifest)
     ours = frame[frame["image"].astype(str).isin(listed)]
+    copies = ours[["image", "copy_score", "copy_region_px"]].dropna() \
+        if "copy_score" in ours else ours.iloc[:0]
+    flagged = copies[copies["copy_score"] > request.max_copy]
     summary = {
-        "run_dir": str(request.run_dir), "n": request.n, "start_scale": start,
+        "engine": source.engine,
+        **({"run_dir": str(request.run_dir)} if source.model is not None
+           else {"scan": str(request.scan)}),
+        "n": request.n, "start_scale": start,
         "seed": request.seed, "diversity": cohort_diversity, "sifid_variant": variant,
         "sifid_mean": None if ours["sifid"].isna().all() else float(ours["sifid"].mean()),
         "similarity_mean": float(ours["similarity_to_source"].mean()),
         "patch_swd_mean": float(ours["patch_swd"].mean()) if "patch_swd" in ours else None,
+        "copy_score_mean": float(copies["copy_score"].mean()) if len(copies) else None,
+        "copy_region_px_max": int(copies["copy_region_px"].max()) if len(copies) else None,
+        "max_copy": request.max_copy,
+        "over_max_copy": [{"image": str(row.image), "copy_score": float(row.copy_score),
+                           "copy_region_px": int(row.copy_region_px)}
+                          for row in flagged.itertuples()],
         "manifest": str(manifest),
         "warnings": warnings,
     }

@@ -18,9 +18,12 @@ import typer
 from medsingan import __version__
 from medsingan.animate_cli import register as register_animation
 from medsingan.cli_options import (
+    Engine,
+    EngineOpt,
     ItersOpt,
     KeepIdsOpt,
     ManifestOpt,
+    MaxCopyOpt,
     MaxSizeOpt,
     MinSizeOpt,
     Modality,
@@ -296,9 +299,11 @@ def _latest_run(folder: Path = Path("runs")) -> Path:
 @app.command()
 def augment(
     run_dir: Annotated[Path | None, typer.Argument(
-        help="A run directory written by train [default: the most recently trained complete "
-        "run under runs/].", show_default=False)] = None,
+        help="A run directory written by train, or with --engine patch the scan itself "
+        "[default: the most recently trained complete run under runs/].",
+        show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 20,
+    engine: EngineOpt = Engine.singan,
     start_scale: Annotated[str, typer.Option(
         "--start-scale", help="Scale where fresh noise starts: N (coarsest, most variety), "
         "N-k, or an index (0 = finest); coarser scales reconstruct the scan.")] = "N",
@@ -321,7 +326,8 @@ def augment(
         "--scale-w", help="Output width as a multiple of the run's [default: 1].",
         show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output folder [default: RUN_DIR/samples].",
+        "--out", "-o", help="Output folder [default: RUN_DIR/samples; --engine patch: "
+        "samples/<scan name>_patch].",
         show_default=False)] = None,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="same: the source's format (DICOM -> de-identified derived DICOM, "
@@ -349,13 +355,27 @@ def augment(
         "allowed) instead of completing it; files of an earlier cohort under other names stay, "
         "with their manifest rows.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    max_copy: MaxCopyOpt = 0.5,
+    modality: Annotated[Modality, typer.Option(
+        "--modality", "-m", help="--engine patch: the modality preset, as train's.")
+    ] = Modality.auto,
+    window: WindowOpt = None,
+    frame: FrameOpt = None,
+    slice_index: SliceOpt = None,
+    slice_axis: SliceAxisOpt = None,
+    volume: VolumeOpt = None,
 ) -> None:
-    """Generate N scored samples of a trained scan, in its format, with manifest rows."""
+    """Generate N scored samples of a trained scan (or, with --engine patch, of the scan
+    itself without training), in its format, with manifest rows."""
     from medsingan.augment import AugmentRequest
     from medsingan.augment import augment as run_augment
 
+    patch = engine is Engine.patch
     result = run_augment(AugmentRequest(
-        run_dir=run_dir or _latest_run(), n=n, start_scale=start_scale, seed=seed,
+        run_dir=None if patch else run_dir or _latest_run(), n=n, start_scale=start_scale,
+        seed=seed, engine=engine.value, scan=run_dir if patch else None,
+        modality=modality.value, window=window, frame=frame, slice_index=slice_index,
+        slice_axis=slice_axis, volume=volume, max_copy=max_copy,
         batch_size=batch_size,
         height=height, width=width, scale_h=scale_h, scale_w=scale_w, out=out,
         output_format=output_format.value, manifest=manifest, label=label,
@@ -366,9 +386,13 @@ def augment(
     typer.echo(f"{len(result.written)} sample(s) written to {result.out}"
                + (f" ({result.skipped} already there)" if result.skipped else ""))
     scores = ", ".join(f"{key} {summary[key]:.4g}" for key in
-                       ("diversity", "sifid_mean", "similarity_mean", "patch_swd_mean")
-                       if summary.get(key) is not None)
+                       ("diversity", "sifid_mean", "similarity_mean", "patch_swd_mean",
+                        "copy_score_mean") if summary.get(key) is not None)
     typer.echo(f"scores: {scores}")
+    if summary["over_max_copy"]:
+        typer.echo(f"{len(summary['over_max_copy'])} sample(s) copy over --max-copy "
+                   f"{max_copy:g} of their patches from the scan: see "
+                   f"{result.out / 'summary.json'}")
     typer.echo(f"manifest: {result.manifest}")
 
 

@@ -87,3 +87,17 @@ VariantOpt = Annotated[SifidVariant, typer.Option(
     "--sifid-variant", help="paper: the paper's SIFID (torchvision ImageNet InceptionV3, "
     "192 channels of Conv2d_4a_3x3 before the 2nd max-pool); fid64: pytorch-fid's 64-channel "
     "block 0 (FID weights). Scores of two variants are not comparable.")]
+
+
+class Engine(str, Enum):
+    singan = "singan"
+    patch = "patch"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="singan: sample a run trained by train; patch: the training-free patch "
+    "engine on the scan itself, in seconds, no training (it copies more of the scan: see the "
+    "copy score).")]
+MaxCopyOpt = Annotated[float, typer.Option(
+    "--max-copy", help="The summary lists the samples whose copy_score (fraction of their "
+    "16 px patches that are near-verbatim copies of the scan's) is over this.")]

@@ -6,6 +6,10 @@ return a result (workers never write the merged manifest); they run on any
 ``concurrent.futures.Executor``: a local process pool by default, or a Dask distributed
 cluster (``Client.get_executor()``) — one code path.
 
+``cohort augment --engine patch`` needs no ``cohort train``: each task runs the training-free
+patch engine on its scan (:mod:`medsingan.engines.patch`), into the same per-scan folder under
+the runs folder.
+
 A task is idempotent: a finished run is skipped, an interrupted one resumes from its last
 finished scale, and a cohort's samples are completed, never duplicated (``augment``'s own
 rule). So a task lost with its worker (killed, out of memory) is simply submitted again.
@@ -31,7 +35,7 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from medsingan.augment import AugmentRequest, augment, read_unit
+from medsingan.augment import DEFAULT_MAX_COPY, AugmentRequest, ScanSource, augment, read_unit
 from medsingan.errors import ConfigError, MedsinganError, RunDirError
 from medsingan.io.atomic import atomic_path
 from medsingan.manifest import check_manifest, merge_manifests, read_manifest, resolve_image
@@ -75,7 +79,9 @@ class TrainTask:
 
 @dataclass(frozen=True)
 class AugmentTask:
-    """One run's samples: ``n`` of them into ``out``, listed in the run's own manifest."""
+    """One run's samples: ``n`` of them into ``out``, listed in the run's own manifest; with
+    ``engine`` patch, the samples of ``scan`` itself (read with the ``modality`` preset and
+    ``window``), no run needed."""
 
     run_dir: str
     out: str
@@ -92,6 +98,11 @@ class AugmentTask:
     inception_weights: str | None
     device: str
     threads: int
+    engine: str = "singan"
+    scan: str | None = None
+    modality: str = "auto"
+    window: str | None = None
+    max_copy: float = DEFAULT_MAX_COPY
 
 
 @dataclass
@@ -173,15 +184,21 @@ def train_tasks(manifest: Path, runs: Path, *, splits: Sequence[str] = ("train",
     a test image never gets a model)."""
     tasks = []
     for row in _selected_rows(manifest, splits):
-        preset = modality or (row["modality"] if row["modality"] in _MODALITIES else "auto")
         tasks.append(TrainTask(
             image=str(row["path"]), run_dir=str(runs / run_name(row["path"], manifest)),
             label=str(row["label"]), split=str(row["split"]),
-            subject_id=str(row["subject_id"]), modality=preset, window=window,
+            subject_id=str(row["subject_id"]), modality=_row_preset(row, modality),
+            window=window,
             speed_preset=speed_preset,
             overrides={k: v for k, v in (overrides or {}).items() if v is not None},
             threads=_threads(executing)))
     return tasks
+
+
+def _row_preset(row: dict[str, Any], modality: str | None) -> str:
+    """The preset of a real row's scan: ``modality`` if given, else the row's modality column
+    where it names a preset, else auto (from the DICOM Modality)."""
+    return modality or (row["modality"] if row["modality"] in _MODALITIES else "auto")
 
 
 def train_one(task: TrainTask) -> TaskResult:
@@ -208,23 +225,33 @@ def augment_tasks(manifest: Path, runs: Path, *, per_scan: int, start_scale: str
                   seed: int = 0, output_format: str = "same", sifid: bool = True,
                   sifid_variant: str = "paper", inception_weights: Path | None = None,
                   device: str = "auto", splits: Sequence[str] = ("train",),
+                  engine: str = "singan", modality: str | None = None,
+                  window: str | None = None, max_copy: float = DEFAULT_MAX_COPY,
                   executing: Executing = Executing()) -> list[AugmentTask]:
     """One :class:`AugmentTask` per trained run of the selected rows; a row without a
-    complete run is an error (train it first)."""
+    complete run is an error (train it first). With ``engine`` patch, one task per selected
+    scan, no run needed (``modality`` and ``window`` read it as ``cohort train`` would)."""
     if per_scan < 1:
         raise ConfigError(f"--per-scan must be at least 1, got {per_scan}")
+    patch = engine == "patch"
+    if not patch and (modality is not None or window is not None):
+        raise ConfigError("--modality and --window apply to --engine patch (a run keeps its "
+                          "scan's reading)")
     tasks = []
     for row in _selected_rows(manifest, splits):
         run_dir = runs / run_name(row["path"], manifest)
-        try:
-            complete = load_run(run_dir).is_complete
-        except MedsinganError:
-            complete = False
-        if not complete:
-            raise RunDirError(f"{row['image']} has no complete run in {runs} (expected "
-                              f"{run_dir.name}); run medsingan cohort train first")
+        if not patch:
+            try:
+                complete = load_run(run_dir).is_complete
+            except MedsinganError:
+                complete = False
+            if not complete:
+                raise RunDirError(f"{row['image']} has no complete run in {runs} (expected "
+                                  f"{run_dir.name}); run medsingan cohort train first, or "
+                                  "sample the scans with --engine patch")
         # one folder per cohort settings; its rows of these K samples in a file of their own
-        out = run_dir / f"samples_seed{seed}_{re.sub(r'[^A-Za-z0-9-]', '', start_scale)}"
+        prefix = "patch" if patch else "samples"
+        out = run_dir / f"{prefix}_seed{seed}_{re.sub(r'[^A-Za-z0-9-]', '', start_scale)}"
         tasks.append(AugmentTask(
             run_dir=str(run_dir), out=str(out), manifest=str(out / f"samples_{per_scan}.csv"),
             label=str(row["label"]), split=str(row["split"]),
@@ -232,18 +259,26 @@ def augment_tasks(manifest: Path, runs: Path, *, per_scan: int, start_scale: str
             start_scale=start_scale, seed=seed, output_format=output_format, sifid=sifid,
             sifid_variant=sifid_variant,
             inception_weights=None if inception_weights is None else str(inception_weights),
-            device=device, threads=_threads(executing)))
+            device=device, threads=_threads(executing), engine=engine,
+            scan=str(row["path"]) if patch else None,
+            modality=_row_preset(row, modality) if patch else "auto",
+            window=window, max_copy=max_copy))
     return tasks
 
 
 def augment_one(task: AugmentTask) -> TaskResult:
-    """Generate (or complete) one run's samples; its rows go to the run's own manifest."""
+    """Generate (or complete) one run's (or scan's) samples; its rows go to its own
+    manifest."""
     torch.set_num_threads(task.threads)
     name = Path(task.run_dir).name
     started = time.perf_counter()
+    patch = task.engine == "patch"
     try:
         result = augment(AugmentRequest(
-            run_dir=Path(task.run_dir), n=task.n, start_scale=task.start_scale, seed=task.seed,
+            run_dir=None if patch else Path(task.run_dir), engine=task.engine,
+            scan=Path(task.scan) if patch and task.scan else None, modality=task.modality,
+            window=task.window, max_copy=task.max_copy, n=task.n,
+            start_scale=task.start_scale, seed=task.seed,
             out=Path(task.out), output_format=task.output_format, manifest=Path(task.manifest),
             label=task.label, split=task.split, subject_id=task.subject_id,
             sifid=task.sifid, sifid_variant=task.sifid_variant,
@@ -253,6 +288,8 @@ def augment_one(task: AugmentTask) -> TaskResult:
         return TaskResult(name, "failed", time.perf_counter() - started, _one_line(exc))
     return TaskResult(name, "augmented", time.perf_counter() - started,
                       details={"run_dir": task.run_dir, "manifest": task.manifest,
+                               "engine": task.engine, "scan": task.scan,
+                               "modality": task.modality, "window": task.window,
                                "summary": result.summary})
 
 
@@ -408,23 +445,34 @@ def _write_summary(path: Path, results: list[TaskResult], manifest: Path) -> Non
         tmp.write_text(json.dumps(data, indent=2, default=str))
 
 
+def _training_image(details: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The training image ``(1, C, h, w)`` of an augment task and its source description: a
+    run's, or the scan's as the patch engine reads it."""
+    if details.get("engine") == "patch":
+        source = ScanSource(Path(details["scan"]), modality=details["modality"],
+                            window=details["window"])
+        return source.real, source.extra
+    pyramid = load_run(Path(details["run_dir"]))
+    return pyramid.reals[0], pyramid.metadata["extra"]
+
+
 def _write_sheet(path: Path, done: list[TaskResult], samples: int = 4) -> None:
     """Per run: the training image and the first samples, with the run's mean scores."""
     tile, gap, caption = 96, 4, 28
     rows = []
     for result in done:
-        pyramid = load_run(Path(result.details["run_dir"]))
-        mapping = IntensityMapping.from_dict(pyramid.metadata["extra"]["intensity_mapping"])
-        pictures = [to_uint8(pyramid.reals[0][0, 0])]
+        real, extra = _training_image(result.details)
+        mapping = IntensityMapping.from_dict(extra["intensity_mapping"])
+        pictures = [to_uint8(real[0, 0])]
         manifest = result.details["manifest"]
         for image in read_manifest(manifest).sort_values("image")["image"].head(samples):
-            unit = read_unit(resolve_image(manifest, str(image)), mapping, pyramid.shapes[0],
-                             region_of_run(pyramid.metadata["extra"]))
+            unit = read_unit(resolve_image(manifest, str(image)), mapping,
+                             tuple(real.shape[-2:]), region_of_run(extra))
             pictures.append(to_uint8(unit[0, 0]))
         summary = result.details.get("summary") or {}
         scores = ", ".join(f"{key.replace('_mean', '')} {summary[key]:.3g}" for key in
-                           ("sifid_mean", "patch_swd_mean", "similarity_mean", "diversity")
-                           if summary.get(key) is not None)
+                           ("sifid_mean", "patch_swd_mean", "similarity_mean", "diversity",
+                            "copy_score_mean") if summary.get(key) is not None)
         rows.append((result.name, scores, pictures))
     if not rows:
         return

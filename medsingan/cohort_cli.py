@@ -9,7 +9,10 @@ from typing import Annotated
 import typer
 
 from medsingan.cli_options import (
+    Engine,
+    EngineOpt,
     ItersOpt,
+    MaxCopyOpt,
     MaxSizeOpt,
     MinSizeOpt,
     Modality,
@@ -167,6 +170,7 @@ def register(app: typer.Typer, manifest_app: typer.Typer) -> None:
                                              show_default=False)],
         runs: RunsOpt = Path("runs"),
         per_scan: Annotated[int, typer.Option("--per-scan", help="Samples per run.")] = 10,
+        engine: EngineOpt = Engine.singan,
         start_scale: Annotated[str, typer.Option(
             "--start-scale", help="N (coarsest), N-k or an index (0 = finest).")] = "N",
         seed: Annotated[int, typer.Option("--seed", help="Cohort seed.")] = 0,
@@ -184,8 +188,14 @@ def register(app: typer.Typer, manifest_app: typer.Typer) -> None:
         gpus_per_task: GpusOpt = 0,
         retries: RetriesOpt = 2,
         quiet: QuietOpt = False,
+        max_copy: MaxCopyOpt = 0.5,
+        modality: Annotated[Modality | None, typer.Option(
+            "--modality", "-m", help="--engine patch: preset for every scan [default: the "
+            "row's modality column, else auto].", show_default=False)] = None,
+        window: WindowOpt = None,
     ) -> None:
-        """Sample every trained run and write one manifest of real and synthetic rows."""
+        """Sample every trained run (or, with --engine patch, every scan: no cohort train
+        needed) and write one manifest of real and synthetic rows."""
         from medsingan.cohort import cohort_augment as run
         from medsingan.metrics.sifid import find_inception_weights
 
@@ -196,8 +206,15 @@ def register(app: typer.Typer, manifest_app: typer.Typer) -> None:
                      start_scale=start_scale, seed=seed, output_format=output_format.value,
                      sifid=not no_sifid, sifid_variant=sifid_variant.value,
                      inception_weights=inception_weights, device=device,
-                     splits=tuple(split or ("train",)))
+                     splits=tuple(split or ("train",)), engine=engine.value,
+                     modality=None if modality is None else modality.value, window=window,
+                     max_copy=max_copy)
         _report(report, f"{len(report.results)} run(s) sampled")
+        copies = sum(len((r.details.get("summary") or {}).get("over_max_copy") or [])
+                     for r in report.results)
+        if copies:
+            typer.echo(f"{copies} sample(s) copy over --max-copy {max_copy:g} of their "
+                       f"patches from their scan: see {report.summary}")
         typer.echo(f"manifest: {report.manifest}")
         typer.echo(f"summary: {report.summary}, {report.sheet}")
         if report.failed:

@@ -18,9 +18,10 @@ from medsingan.errors import ConfigError, warn_user
 from medsingan.io import read_scan
 from medsingan.io.deid import deidentified_header
 from medsingan.io.dicom import source_warnings
+from medsingan.io.scan import Scan
 from medsingan.model.container import TrainedPyramid
 from medsingan.monitor import MonitorOptions
-from medsingan.preprocess import prepare_scan
+from medsingan.preprocess import IntensityMapping, prepare_scan
 from medsingan.presets import resolve_preset
 from medsingan.pyramid import pyramid_shapes
 from medsingan.roi import Region, region_unit
@@ -58,6 +59,24 @@ def default_run_dir(scan_path: Path) -> Path:
             name = name[: -len(suffix)]
             break
     return Path("runs") / (name or "scan")
+
+
+def describe_source(scan: Scan, preset: str, mapping: IntensityMapping, *, label: str = "",
+                    split: str = "", subject_id: str | None = None) -> dict[str, Any]:
+    """What the samples of a scan need to know of it, as a run's ``config.json`` keeps it
+    under ``extra`` (and the patch engine without a run): the source (path, sha256, geometry,
+    intensity facts), its DICOM header de-identified, the modality preset, the intensity
+    mapping, the cohort facts every sample inherits and the source's warnings."""
+    return {
+        "source": scan.meta.to_dict(),
+        "source_dicom_header": deidentified_header(scan.meta.dicom_header),
+        "cohort": {"label": label, "split": split,
+                   "subject_id": subject_id or f"src-{scan.meta.sha256[:12]}"},
+        "modality_preset": preset,
+        "intensity_mapping": mapping.to_dict(),
+        "medsingan_version": __version__,
+        "warnings": source_warnings(scan.meta),
+    }
 
 
 def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = "auto",
@@ -98,17 +117,8 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
     if region is not None:
         unit = region_unit(unit, region, scan.meta, min_size=config.min_size, spacing=spacing)
     run_dir = run_dir or default_run_dir(Path(scan_path))
-    extra = {
-        "source": scan.meta.to_dict(),
-        "source_dicom_header": deidentified_header(scan.meta.dicom_header),
-        "cohort": {"label": label, "split": split,
-                   "subject_id": subject_id or f"src-{scan.meta.sha256[:12]}"},
-        "modality_preset": preset.name,
-        "speed_preset": speed_preset,
-        "intensity_mapping": mapping.to_dict(),
-        "medsingan_version": __version__,
-        "warnings": source_warnings(scan.meta),
-    }
+    extra = {**describe_source(scan, preset.name, mapping, label=label, split=split,
+                               subject_id=subject_id), "speed_preset": speed_preset}
     if region is not None:
         extra["roi"] = {**region.to_dict(), "spacing_mm": spacing}
         trained = pyramid_shapes(*unit.shape, config.min_size, config.max_size,

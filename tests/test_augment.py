@@ -85,6 +85,16 @@ def test_manifest_rows_inherit_split_and_subject_and_load_in_pandas_and_monai(ct
     assert len(dataset) == 3 and tuple(dataset[0]["image"].shape) == (32, 32)
 
 
+def test_every_sample_has_its_engine_and_a_copy_score(ct_run, tmp_path):
+    result = augment(request(ct_run, tmp_path, n=3, max_copy=0.0))
+    frame = read_manifest(result.manifest)
+    assert set(frame["engine"]) == {"singan"}
+    assert frame["copy_score"].between(0, 1).all() and (frame["copy_region_px"] >= 0).all()
+    flagged = {entry["image"] for entry in result.summary["over_max_copy"]}
+    assert flagged == set(frame.loc[frame["copy_score"] > 0, "image"])
+    assert result.summary["copy_score_mean"] == pytest.approx(frame["copy_score"].mean())
+
+
 def test_a_synthetic_sample_cannot_leave_its_source_split(ct_run, tmp_path):
     with pytest.raises(ConfigError, match="leak"):
         augment(request(ct_run, tmp_path, split="train"))

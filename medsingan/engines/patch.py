@@ -5,8 +5,9 @@ patch synthesis: no network is trained. The scan's image pyramid (the one traini
 the model; a sample is made from the coarsest scale up:
 
 1. coarsest scale ``N``: the scan at that scale plus Gaussian noise (``noise`` x N(0, 1), the
-   only random draw, from the stream ``(seed, SAMPLE, i)`` of sample ``i``); then, ``iters``
-   times, every ``p x p`` patch is replaced by its nearest patch of the scan at that scale and
+   only random draw, from the stream ``(seed, SAMPLE, i)`` of sample ``i``); then, once
+   (``coarsest_iters``, GPNN's choice: more passes pull the new layout back to the scan's),
+   every ``p x p`` patch is replaced by its nearest patch of the scan at that scale and
    overlapping patches are averaged. The search is exhaustive, with GPNN's completeness
    normalisation ``d(q, k) / (alpha + min_q' d(q', k))``, which favours scan patches that no
    query is close to yet, so a sample uses the whole scan instead of a few patches;
@@ -133,6 +134,9 @@ class _Level:
         self.values = _patches(real, size)
         blurry = real if coarser is None else resize(coarser, self.shape).clamp(-1, 1)
         self.blurry = _patches(blurry, size)
+        # the detail this scale adds to the coarser one: the noise's unit at a finer start
+        self.detail = float((real - blurry).pow(2).mean().sqrt()) if coarser is not None \
+            else 1.0
 
 
 def _exhaustive(queries: torch.Tensor, keys: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -233,7 +237,9 @@ class PatchSampler:
         """Samples number ``indices`` of stream ``seed``, ``(len(indices), C, H, W)``.
 
         The noise is added at ``start_scale`` (default: the coarsest); a finer start keeps
-        the scan's layout down to that scale, as SinGAN's ``--start-scale`` does.
+        the scan's layout down to that scale, as SinGAN's ``--start-scale`` does: there the
+        noise is ``noise`` times the RMS of the detail the scale adds to the coarser one, so
+        only the finer structure changes.
         """
         check_seed(seed)
         start = self.coarsest if start_scale is None else start_scale
@@ -244,7 +250,7 @@ class PatchSampler:
                                       seeded_generator(seed, Stream.SAMPLE, index), self.device)
                            for index in indices])
         image = resize(self.reals[start], shape).expand(len(indices), -1, -1, -1)
-        image = image + self.config.noise * noise
+        image = image + self.config.noise * self.levels[start].detail * noise
         index = None if self._exhaustive(start) else self._identity(start, len(indices))
         for scale in range(start, -1, -1):
             if scale < start:

@@ -20,7 +20,11 @@ on an 8 px grid, at the sample's own pixel scale) and finds its exact nearest ne
 
 The search is exact and memory-bounded: queries and keys are compared in chunks of at most
 ``chunk_mb`` MiB of distances (``|q|^2 + |p|^2 - 2 q.p`` in float32 for the search, the
-winner's distance recomputed directly in float64).
+winner's distance recomputed directly in float64). The score only needs to know whether a
+patch has a source patch within ``threshold``, and ``||q - p||^2 >= k^2 C (mean(q) -
+mean(p))^2``: so each query is compared only with the source patches whose mean is within
+``threshold`` of its own (the source's patches sorted by mean), which is exact for that
+decision and about ten times faster on scans than comparing with every patch.
 
 >>> source = torch.rand(1, 1, 40, 40) * 2 - 1
 >>> scorer = CopyScorer(source)
@@ -104,6 +108,10 @@ class _Keys:
         size_mb = positions * source.shape[1] * patch_size ** 2 * 4 / 2**20
         self._kept = list(self._build()) if size_mb <= keep_mb else None
 
+    @property
+    def kept(self) -> bool:
+        return self._kept is not None
+
     def _build(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         k = self.patch_size
         last = self.source.shape[-2] - k + 1
@@ -116,20 +124,59 @@ class _Keys:
         return iter(self._kept) if self._kept is not None else self._build()
 
 
+class _KeysByMean:
+    """Every patch of a source sorted by its mean, for the pruned search (kept in memory)."""
+
+    def __init__(self, keys: _Keys) -> None:
+        patches = torch.cat([band for band, _ in keys])
+        means = patches.double().mean(1)
+        self.means, order = torch.sort(means)
+        self.patches = patches[order]
+        self.squares = (self.patches.double() ** 2).sum(1).float()
+
+    def nearest_within(self, queries: torch.Tensor, radius: float,
+                       chunk_entries: int) -> torch.Tensor:
+        """Exact squared distance from every query row to its nearest patch among those whose
+        mean is within ``radius`` of the query's (``inf`` where there is none): the true
+        nearest distance wherever that is ``<= radius`` RMS."""
+        best = torch.full((queries.shape[0],), float("inf"), dtype=torch.float64,
+                          device=queries.device)
+        bins = torch.floor(queries.double().mean(1) / radius).long()
+        slack = 1e-9  # float64 rounding of the means
+        for value in torch.unique(bins).tolist():
+            rows = torch.nonzero(bins == value).flatten()
+            low = torch.searchsorted(self.means, (value - 1) * radius - slack)
+            high = torch.searchsorted(self.means, (value + 2) * radius + slack, right=True)
+            if high <= low:
+                continue
+            block = queries[rows]
+            columns = max(1, chunk_entries // len(rows))
+            for first in range(int(low), int(high), columns):
+                last = min(first + columns, int(high))
+                best[rows] = torch.minimum(best[rows], _chunk_nearest(
+                    block, self.patches[first:last], self.squares[first:last]))
+        return best
+
+
+def _chunk_nearest(chunk: torch.Tensor, band: torch.Tensor,
+                   band_sq: torch.Tensor) -> torch.Tensor:
+    """Exact squared distance (float64) from every row of ``chunk`` to its nearest row of
+    ``band``: the float32 expansion picks the winner, whose distance is computed directly."""
+    chunk_sq = (chunk.double() ** 2).sum(1).float()
+    approx = chunk_sq[:, None] + band_sq[None, :] - 2.0 * (chunk @ band.T)
+    winner = approx.argmin(dim=1)
+    return ((chunk.double() - band[winner].double()) ** 2).sum(1)
+
+
 def _nearest(queries: torch.Tensor, keys: _Keys, chunk_rows: int) -> torch.Tensor:
     """Exact squared distance (float64) from every query row to its nearest key."""
     best = torch.full((queries.shape[0],), float("inf"), dtype=torch.float64,
                       device=queries.device)
     for first in range(0, queries.shape[0], chunk_rows):
         chunk = queries[first:first + chunk_rows]
-        chunk_sq = (chunk.double() ** 2).sum(1).float()
         chunk_best = best[first:first + chunk_rows]
         for band, band_sq in keys:
-            approx = chunk_sq[:, None] + band_sq[None, :] - 2.0 * (chunk @ band.T)
-            winner = approx.argmin(dim=1)
-            # the float32 expansion only picks the winner; its distance is computed directly
-            exact = ((chunk.double() - band[winner].double()) ** 2).sum(1)
-            torch.minimum(chunk_best, exact, out=chunk_best)
+            torch.minimum(chunk_best, _chunk_nearest(chunk, band, band_sq), out=chunk_best)
     return best
 
 
@@ -175,6 +222,9 @@ class CopyScorer:
         self._chunk_rows = max(1, int(chunk_mb * 2**20 / 4) // (self._band_rows * width))
         self._keys = _Keys(source, patch_size, self._band_rows, keep_mb=4 * chunk_mb)
         self._dims = source.shape[1] * patch_size ** 2
+        self._chunk_entries = int(chunk_mb * 2**20 / 4)
+        # the pruned search holds every source patch: only where they fit the kept budget
+        self._by_mean = _KeysByMean(self._keys) if self._keys.kept else None
 
     def distances(self, sample: torch.Tensor) -> torch.Tensor:
         """:func:`nearest_patch_distances` of one ``(1, C, H, W)`` sample."""
@@ -189,15 +239,31 @@ class CopyScorer:
         _check_images(images, "images", self.patch_size)
         return [self._score(images[i:i + 1]) for i in range(images.shape[0])]
 
+    def copied(self, sample: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``(informative, copied)``: boolean ``(rows, cols)`` grids of one ``(1, C, H, W)``
+        sample's patches (see the module docstring)."""
+        _check_images(sample, "sample", self.patch_size)
+        device = self._keys.source.device
+        queries, rows, cols = query_patches(sample.detach().float().to(device),
+                                            self.patch_size, self.stride)
+        informative = robust_std(queries) >= self.min_std
+        squared = torch.full((queries.shape[0],), float("inf"), dtype=torch.float64,
+                             device=device)
+        if informative.any():
+            chosen = queries[informative]
+            squared[informative] = (
+                _nearest(chosen, self._keys, self._chunk_rows) if self._by_mean is None
+                else self._by_mean.nearest_within(chosen, self.threshold, self._chunk_entries))
+        copied = informative & (squared <= self.threshold ** 2 * self._dims)
+        shape = (len(rows), len(cols))
+        return (informative.cpu().numpy().reshape(shape), copied.cpu().numpy().reshape(shape))
+
     def _score(self, sample: torch.Tensor) -> CopyScore:
-        distances = self.distances(sample).cpu().numpy()
-        queries, rows, cols = query_patches(sample.detach().float().cpu(), self.patch_size,
-                                            self.stride)
-        informative = (robust_std(queries) >= self.min_std).numpy()
-        informative = informative.reshape(len(rows), len(cols))
-        copied = informative & (distances <= self.threshold)
+        informative, copied = self.copied(sample)
         if not informative.any():
             return CopyScore(0.0, 0)
+        rows = _grid(sample.shape[-2], self.patch_size, self.stride)
+        cols = _grid(sample.shape[-1], self.patch_size, self.stride)
         covered = np.zeros(sample.shape[-2:], dtype=bool)
         k = self.patch_size
         for i, j in zip(*np.nonzero(copied), strict=True):

@@ -89,3 +89,15 @@ def test_nearest_distances_equal_a_brute_force_search(chest, chunk_mb):
     expected = _brute_force(sample[0, 0].double().numpy(), source[0, 0].double().numpy(), 6, 4)
     assert found.shape == expected.shape == (7, 8)
     np.testing.assert_allclose(found.numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_mb", [64.0, 0.01])  # the search by mean; every source patch
+def test_the_copy_decision_equals_the_full_search(chest, chunk_mb):
+    # noise of about the threshold's size puts many patches on either side of it
+    noise = torch.randn(chest.shape, generator=torch.Generator().manual_seed(1))
+    sample = chest + 0.02 * noise
+    scorer = CopyScorer(chest, chunk_mb=chunk_mb)
+    informative, copied = scorer.copied(sample)
+    full = scorer.distances(sample).numpy() <= scorer.threshold
+    assert 0.1 < copied.sum() / informative.sum() < 0.9
+    np.testing.assert_array_equal(copied, informative & full)
