@@ -103,7 +103,8 @@ class AugmentRequest:
 
     ``engine`` ``singan`` samples the trained run ``run_dir``; ``patch`` runs the patch engine
     on ``scan`` (read with ``frame``, ``slice_index``, ``slice_axis``, ``volume`` and mapped
-    with the ``modality`` preset and CT ``window``, exactly as ``train`` would).
+    with the ``modality`` preset and CT ``window``, exactly as ``train`` would; ``max_size``
+    overrides the preset's longer side).
     """
 
     run_dir: Path | None
@@ -137,6 +138,7 @@ class AugmentRequest:
     slice_index: int | None = None
     slice_axis: int | None = None
     volume: int | None = None
+    max_size: int | None = None
     max_copy: float = DEFAULT_MAX_COPY
 
 
@@ -290,19 +292,23 @@ class RunSource(SampleSource):
 
 class ScanSource(SampleSource):
     """A scan file for the patch engine: read, mapped with its modality preset and built into
-    the pyramid training would build (the preset's ``min_size`` and ``max_size``); ``label``,
+    the pyramid training would build (the preset's ``min_size`` and ``max_size``, or
+    ``max_size``); ``label``,
     ``split`` and ``subject_id`` are the cohort facts its samples inherit (default subject: a
     pseudonym from the file's hash)."""
 
     def __init__(self, scan_path: Path, *, modality: str = "auto", window: str | None = None,
                  frame: int | None = None, slice_index: int | None = None,
-                 slice_axis: int | None = None, volume: int | None = None, label: str = "",
-                 split: str = "", subject_id: str | None = None) -> None:
+                 slice_axis: int | None = None, volume: int | None = None,
+                 max_size: int | None = None, label: str = "", split: str = "",
+                 subject_id: str | None = None) -> None:
         scan = read_scan(scan_path, frame=frame, slice_index=slice_index,
                          slice_axis=slice_axis, volume=volume)
         preset = resolve_preset(modality, scan.meta.modality)
         geometry = {key: preset.train[key] for key in ("min_size", "max_size")
                     if key in preset.train}
+        if max_size is not None:
+            geometry["max_size"] = max_size
         self.config = PatchEngineConfig(**geometry).validate()
         mapping, unit = prepare_scan(scan, preset, window=window,
                                      min_size=self.config.min_size)
@@ -368,7 +374,7 @@ def open_source(request: AugmentRequest) -> SampleSource:
         scan_options = {"--modality": None if request.modality == "auto" else request.modality,
                         "--window": request.window, "--frame": request.frame,
                         "--slice": request.slice_index, "--slice-axis": request.slice_axis,
-                        "--volume": request.volume}
+                        "--volume": request.volume, "--max-size": request.max_size}
         given = [option for option, value in scan_options.items() if value is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} "
@@ -384,8 +390,8 @@ def open_source(request: AugmentRequest) -> SampleSource:
     return ScanSource(request.scan, modality=request.modality, window=request.window,
                       frame=request.frame, slice_index=request.slice_index,
                       slice_axis=request.slice_axis, volume=request.volume,
-                      label=request.label or "", split=request.split or "",
-                      subject_id=request.subject_id)
+                      max_size=request.max_size, label=request.label or "",
+                      split=request.split or "", subject_id=request.subject_id)
 
 
 def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:

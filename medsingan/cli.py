@@ -364,6 +364,9 @@ def augment(
     slice_index: SliceOpt = None,
     slice_axis: SliceAxisOpt = None,
     volume: VolumeOpt = None,
+    max_size: Annotated[int | None, typer.Option(
+        "--max-size", help="--engine patch: longer side of the scan's finest scale, px "
+        "[default: the modality preset's, 250].", show_default=False)] = None,
 ) -> None:
     """Generate N scored samples of a trained scan (or, with --engine patch, of the scan
     itself without training), in its format, with manifest rows."""
@@ -375,7 +378,7 @@ def augment(
         run_dir=None if patch else run_dir or _latest_run(), n=n, start_scale=start_scale,
         seed=seed, engine=engine.value, scan=run_dir if patch else None,
         modality=modality.value, window=window, frame=frame, slice_index=slice_index,
-        slice_axis=slice_axis, volume=volume, max_copy=max_copy,
+        slice_axis=slice_axis, volume=volume, max_size=max_size, max_copy=max_copy,
         batch_size=batch_size,
         height=height, width=width, scale_h=scale_h, scale_w=scale_w, out=out,
         output_format=output_format.value, manifest=manifest, label=label,

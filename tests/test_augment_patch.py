@@ -83,20 +83,22 @@ def test_a_png_cohort_is_the_same_whatever_the_batch_size(chest_png, tmp_path):
     assert len(read_manifest(one.manifest)) == 3
 
 
-def test_a_finer_start_copies_more_and_is_flagged(chest_png, tmp_path):
+def test_a_finer_start_copies_more_and_the_copies_are_flagged(chest_png, tmp_path):
     def run(start):
         return augment(AugmentRequest(
-            run_dir=None, engine="patch", scan=chest_png, n=4, start_scale=start,
+            run_dir=None, engine="patch", scan=chest_png, n=6, start_scale=start,
             sifid=False, progress=False, out=tmp_path / start,
             manifest=tmp_path / f"{start}.csv", max_copy=0.5))
 
-    coarse, fine = run("N"), run("0")
+    coarse, fine = run("N"), run("N-1")
     assert fine.summary["copy_score_mean"] > coarse.summary["copy_score_mean"]
-    # from the finest scale the noise is cleaned up by the scan's own patches in place
-    assert fine.summary["copy_score_mean"] > 0.9
-    assert len(fine.summary["over_max_copy"]) == 4
+    frame = read_manifest(fine.manifest)
+    over = set(frame.loc[frame["copy_score"] > 0.5, "image"])
+    assert {entry["image"] for entry in fine.summary["over_max_copy"]} == over
     summary = json.loads((fine.out / "summary.json").read_text())
     assert summary["engine"] == "patch" and summary["max_copy"] == 0.5
+    with pytest.raises(ConfigError, match="starts at N or N-1"):
+        run("N-2")
 
 
 def test_bad_engine_input_is_refused_before_any_work(chest_png, tmp_path):
