@@ -97,7 +97,11 @@ def read_scan(path: str | os.PathLike[str], *, frame: int | None = None,
 
 
 def _finite(scan: Scan) -> Scan:
-    """The scan, or InvalidImageError when a pixel is NaN or infinite."""
+    """The scan, or ScanReadError when it has no pixels (a dimension of 0 in a corrupt
+    header) and InvalidImageError when a pixel is NaN or infinite."""
+    if scan.image.ndim != 2 or scan.image.size == 0:
+        raise ScanReadError(f"{Path(scan.meta.source_path).name} holds an empty image (shape "
+                            f"{scan.image.shape}); its header is corrupt")
     bad = int(np.count_nonzero(~np.isfinite(scan.image)))
     if bad:
         raise InvalidImageError(f"{Path(scan.meta.source_path).name} has {bad} NaN/inf pixel "

@@ -4,6 +4,7 @@ derived, de-identified DICOM objects."""
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from medsingan import __version__
 from medsingan.errors import (
@@ -24,9 +25,11 @@ from medsingan.errors import (
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.deid import deidentify
 from medsingan.io.monai_loader import load_pixels
+from medsingan.io.reasons import one_line
 from medsingan.io.scan import Scan, ScanMetadata
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 # Body parts that are not paired structures: Laterality must then be absent (General Series).
 _UNPAIRED_BODY_PARTS = {"CHEST", "HEAD", "BRAIN", "SKULL", "NECK", "ABDOMEN", "PELVIS",
@@ -55,12 +58,58 @@ _SINGLE_FRAME_CLASSES = {
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def _first(value: Any) -> float | None:
-    if value is None:
+def _values(item: Dataset, keyword: str) -> list[Any] | None:
+    """The values of an element as a list; ``None`` when absent or empty. Raises ValueError
+    when pydicom cannot convert the stored text (it converts on access)."""
+    try:
+        value = item.get(keyword)
+    except Exception as exc:  # e.g. OverflowError for an IS of "-inf"
+        raise ValueError(one_line(exc)) from None
+    if value is None or value == "":
         return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = value[0] if len(value) else None
-    return None if value is None else float(value)
+    if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
+        return list(value) or None
+    return [value]
+
+
+def _finite_numbers(item: Dataset, keyword: str) -> list[float] | None:
+    """The values of a numeric element as finite floats; ``None`` when absent, empty or not
+    all finite numbers (an optional attribute a file got wrong is treated as absent)."""
+    try:
+        values = _values(item, keyword)
+        numbers = [float(v) for v in values] if values else None
+    except (TypeError, ValueError):
+        return None
+    return numbers if numbers and all(math.isfinite(n) for n in numbers) else None
+
+
+def _first(item: Dataset, keyword: str) -> float | None:
+    numbers = _finite_numbers(item, keyword)
+    return None if numbers is None else numbers[0]
+
+
+def _header_number(item: Dataset, keyword: str, path: Path, default: float, *,
+                   integer: bool = False, allowed: str = "", check=None) -> Any:
+    """An attribute the pixels depend on: ``default`` when absent or empty, else its single
+    finite value (an int when ``integer``) passing ``check``; ScanReadError otherwise, naming
+    the attribute, its value and ``allowed`` (what it may be)."""
+    try:
+        values = _values(item, keyword)
+    except ValueError:  # the stored text, as pydicom could not convert it
+        raw = item.get_item(keyword).value
+        values = [raw.decode("latin-1", "replace") if isinstance(raw, bytes) else raw]
+    if values is None:
+        return default
+    try:
+        number = float(values[0]) if len(values) == 1 else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and (not integer or number.is_integer())
+            and (check is None or check(number))):
+        shown = "\\".join(str(v) for v in values).strip()
+        raise ScanReadError(f"{path.name}: {keyword} is '{shown[:40]}', not "
+                            f"{allowed or 'a number'}; the header is corrupt")
+    return int(number) if integer else number
 
 
 def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
@@ -75,50 +124,53 @@ def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     return None
 
 
-def _rescale(item: Dataset) -> tuple[float, float]:
-    return (float(item.get("RescaleSlope", 1.0) or 1.0),
-            float(item.get("RescaleIntercept", 0.0) or 0.0))
+def _rescale(item: Dataset, path: Path) -> tuple[float, float]:
+    return (_header_number(item, "RescaleSlope", path, 1.0, allowed="a non-zero number",
+                           check=lambda v: v != 0),
+            _header_number(item, "RescaleIntercept", path, 0.0))
 
 
 def _nifti_affine(ds: Dataset, spacing: tuple[float, float] | None) -> list[list[float]] | None:
     """The NIfTI (RAS+) affine of the slice, voxel axes (row, column, normal), from the image
     plane's position and orientation; ``None`` when the file does not give them."""
-    try:
-        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
-        cosines = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
-    except (AttributeError, TypeError, ValueError):
-        return None
+    position = np.array(_finite_numbers(ds, "ImagePositionPatient") or [], dtype=float)
+    cosines = np.array(_finite_numbers(ds, "ImageOrientationPatient") or [], dtype=float)
     if position.shape != (3,) or cosines.shape != (6,) or spacing is None:
         return None
     along_row, along_column = cosines[:3], cosines[3:]  # directions of columns, rows growing
-    thickness = float(ds.get("SliceThickness") or 1.0) or 1.0
+    thickness = (_finite_numbers(ds, "SliceThickness") or [1.0])[0]
+    thickness = thickness if thickness > 0 else 1.0
     affine = np.eye(4)
     affine[:3, 0] = along_column * spacing[0]
     affine[:3, 1] = along_row * spacing[1]
     affine[:3, 2] = np.cross(along_row, along_column) * thickness
     affine[:3, 3] = position
     affine[:2] *= -1.0  # DICOM's LPS+ to NIfTI's RAS+
-    return affine.tolist()
+    return affine.tolist() if np.isfinite(affine).all() else None
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        if keyword in ds and ds[keyword].value:
-            row, col = (float(v) for v in ds[keyword].value[:2])
-            if row > 0 and col > 0:
-                return row, col
+    """Row and column spacing (mm) when the file gives two positive numbers, else ``None``."""
+    items = [(ds, "PixelSpacing"), (ds, "ImagerPixelSpacing")]
     shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        measures = shared[0].get("PixelMeasuresSequence")
-        if measures and "PixelSpacing" in measures[0]:
-            row, col = measures[0].PixelSpacing[:2]
-            return float(row), float(col)
+    if shared and shared[0].get("PixelMeasuresSequence"):
+        items.append((shared[0].PixelMeasuresSequence[0], "PixelSpacing"))
+    for item, keyword in items:
+        numbers = _finite_numbers(item, keyword)
+        if numbers is not None and len(numbers) == 2 and min(numbers) > 0:
+            return numbers[0], numbers[1]
     return None
 
 
 def _check_decodable(ds: Dataset, path: Path) -> None:
     syntax = getattr(ds, "file_meta", FileMetaDataset()).get("TransferSyntaxUID")
-    if syntax is None or not syntax.is_compressed:
+    if syntax is None:
+        return
+    syntax = UID(str(syntax).strip("\0 "))
+    if not syntax.is_transfer_syntax:
+        raise ScanReadError(f"{path.name}: Transfer Syntax UID '{str(syntax)[:64]}' is not one "
+                            "pydicom knows (a private syntax, or a corrupt file meta header)")
+    if not syntax.is_compressed:
         return
     from pydicom.pixels import get_decoder
 
@@ -149,6 +201,37 @@ def _header_json(ds: Dataset) -> dict[str, Any]:
     return {"dataset": data, "file_meta": meta.to_json_dict() if meta is not None else {}}
 
 
+_POSITIVE = "a whole number of at least 1"
+
+
+def image_size(ds: Dataset, path: Path) -> tuple[int, int]:
+    """(Rows, Columns), checked: ScanReadError when absent, empty or not positive."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ScanReadError(f"{path.name} has no Rows/Columns: the image header is incomplete")
+    return tuple(_header_number(ds, keyword, path, 0, integer=True, allowed=_POSITIVE,
+                                check=lambda v: v >= 1) for keyword in ("Rows", "Columns"))
+
+
+def frame_count(ds: Dataset, path: Path) -> int:
+    """Number of Frames (1 when absent), checked: ScanReadError when not a positive integer."""
+    return _header_number(ds, "NumberOfFrames", path, 1, integer=True, allowed=_POSITIVE,
+                          check=lambda v: v >= 1)
+
+
+def _pixel_format(ds: Dataset, path: Path) -> tuple[int, int, int, int, bool, int]:
+    """Rows, columns, bits allocated and stored, signedness and number of frames, checked
+    before decoding (so that a corrupt header is named, not a decoder's failure)."""
+    rows, cols = image_size(ds, path)
+    allocated = _header_number(ds, "BitsAllocated", path, 16, integer=True,
+                               allowed="8, 16 or 32", check=lambda v: v in (8, 16, 32))
+    stored = _header_number(ds, "BitsStored", path, allocated, integer=True,
+                            allowed=f"1..{allocated} (Bits Allocated)",
+                            check=lambda v: 1 <= v <= allocated)
+    signed = _header_number(ds, "PixelRepresentation", path, 0, integer=True,
+                            allowed="0 (unsigned) or 1 (signed)", check=lambda v: v in (0, 1))
+    return rows, cols, allocated, stored, signed == 1, frame_count(ds, path)
+
+
 def _load_pixels(path: Path) -> np.ndarray:
     """Decode pixel data through MONAI, rows x columns (frames first). MONAI's PydicomReader
     applies the top-level Rescale Slope/Intercept, when present, to every frame and reads no
@@ -166,52 +249,65 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
         raise ScanReadError(f"{path.name} is not a DICOM file (no DICOM preamble and "
                             "header)") from exc
     except Exception as exc:  # pydicom raises many types on truncated or corrupt files
-        raise ScanReadError(f"{path.name}: cannot parse DICOM ({exc}); the file may be "
-                            "truncated or corrupt") from exc
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ScanReadError(f"{path.name}: cannot parse DICOM ({one_line(exc)}); the file may "
+                            "be truncated or corrupt") from exc
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise UnsupportedScanError(
             f"{path.name} has no pixel data (SOP class "
             f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); give an image object "
             "(a truncated file reads like this too)"
         )
+    if not any(ds.get_item(k).value for k in _PIXEL_KEYWORDS if k in ds):
+        raise UnsupportedScanError(f"{path.name}: its pixel data element is empty; the file may "
+                                   "be truncated or corrupt")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in GRAYSCALE or int(ds.get("SamplesPerPixel", 1)) != 1:
+    if not photometric.strip():
+        raise ScanReadError(f"{path.name}: Photometric Interpretation is empty; the image "
+                            "header is incomplete")
+    samples = _header_number(ds, "SamplesPerPixel", path, 1, integer=True)
+    if photometric not in GRAYSCALE or samples != 1:
+        what = photometric if photometric not in GRAYSCALE else f"{samples} samples per pixel"
         raise UnsupportedScanError(
-            f"{path.name} is a colour DICOM ({photometric}); medsingan trains on grayscale "
+            f"{path.name} is a colour DICOM ({what}); medsingan trains on grayscale "
             "scans: convert it to MONOCHROME2 first"
         )
     _check_decodable(ds, path)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols, bits_allocated, bits_stored, signed, frames = _pixel_format(ds, path)
     if frame is not None and not 0 <= frame < frames:
         raise ScanReadError(f"{path.name} has {frames} frame(s): --frame must be 0..{frames - 1}")
+    # an enhanced object's rescale is per frame or shared; the top level is what MONAI applies
+    applied = _rescale(ds, path)
+    chosen = frames // 2 if frame is None else frame
+    transform = _frame_item(ds, chosen, "PixelValueTransformationSequence") or ds
+    slope, intercept = _rescale(transform, path)
     try:
         pixels = _load_pixels(path)
-    except Exception as exc:
-        raise ScanReadError(f"{path.name}: cannot decode pixel data ({exc}); the file may be "
-                            "truncated or corrupt") from exc
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    except BaseException as exc:
+        # a Rust decoder's panic (pyo3's PanicException, e.g. pylibjpeg-rle on a cut
+        # segment) derives from BaseException only
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        raise ScanReadError(f"{path.name}: cannot decode pixel data ({one_line(exc)}); the file "
+                            "may be truncated or corrupt") from exc
     notes: list[str] = []
     if frames > 1:
         if frame is None:
             frame = frames // 2
             notes.append(f"multi-frame DICOM with {frames} frames: using frame {frame} "
                          "(choose with --frame)")
+        if pixels.ndim != 3 or pixels.shape[0] != frames:
+            raise ScanReadError(f"{path.name}: decoded pixels have shape {pixels.shape}, "
+                                f"expected {frames} frames (Number of Frames)")
         pixels = pixels[frame]
     if pixels.shape != (rows, cols):
         raise ScanReadError(f"{path.name}: decoded pixels have shape {pixels.shape}, expected "
                             f"(Rows, Columns) = ({rows}, {cols})")
-    bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    bits_allocated = int(ds.get("BitsAllocated", 16))
-    # an enhanced object's rescale is per frame or shared; the top level is what MONAI applied
-    applied = _rescale(ds)
-    transform = _frame_item(ds, frame or 0, "PixelValueTransformationSequence") or ds
-    slope, intercept = _rescale(transform)
     if (slope, intercept) != applied:
         stored = (pixels.astype(np.float64) - applied[1]) / applied[0]
         pixels = (stored * slope + intercept).astype(np.float32)
     has_window = "WindowCenter" in ds and "WindowWidth" in ds
     voi = ds if has_window else _frame_item(ds, frame or 0, "FrameVOILUTSequence") or ds
+    width = _first(voi, "WindowWidth")
     modality = str(ds.get("Modality", "")) or None
     rescale_type = str(transform.get("RescaleType", ""))
     units = ("HU" if modality == "CT" else "stored value") if rescale_type in ("", "US") \
@@ -234,8 +330,8 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
         inverted=photometric == "MONOCHROME1",
         rescale_slope=slope,
         rescale_intercept=intercept,
-        window_center=_first(voi.get("WindowCenter")),
-        window_width=_first(voi.get("WindowWidth")),
+        window_center=_first(voi, "WindowCenter"),
+        window_width=width if width is not None and width > 0 else None,
         units=units,
         frame=frame if frames > 1 else None,
         dicom_header=_header_json(ds),

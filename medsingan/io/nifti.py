@@ -3,6 +3,10 @@ derived slice with the geometry of where it came from."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -11,28 +15,60 @@ import numpy as np
 from medsingan.errors import ScanReadError, ScanWriteError, UnsupportedScanError
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.monai_loader import load_pixels
+from medsingan.io.reasons import one_line
 from medsingan.io.scan import Scan, ScanMetadata
 
 
-def _load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Voxels (float32) and the header; complex and RGB voxels are refused before decoding."""
+class _Collect(logging.Handler):
+    def __init__(self, notes: list[str]) -> None:
+        super().__init__()
+        self.notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        note = f"nibabel: {one_line(Exception(record.getMessage()))}"
+        if note not in self.notes:
+            self.notes.append(note)
+
+
+@contextlib.contextmanager
+def _header_fixes(notes: list[str]) -> Iterator[None]:
+    """nibabel's reports of the header fields it fixes on load (which it prints on stderr)
+    collected as notes instead."""
+    logger = logging.getLogger("nibabel.global")
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [_Collect(notes)], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+
+
+def _load_volume(path: Path, notes: list[str]) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Voxels (float32) and the header; complex and RGB voxels are refused before decoding,
+    a header without a finite affine too."""
     from monai.data import NibabelReader
 
     try:
-        header_image = nib.load(str(path))
-        voxel_type = np.dtype(header_image.header.get_data_dtype())
+        with _header_fixes(notes):
+            header_image = nib.load(str(path))
+            voxel_type = np.dtype(header_image.header.get_data_dtype())
+            affine = np.asarray(header_image.affine, dtype=float)
     except Exception as exc:
-        raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
-                            "or corrupt") from exc
+        raise ScanReadError(f"{path.name}: cannot read NIfTI ({one_line(exc)}); the file may be "
+                            "truncated or corrupt") from exc
+    if not np.isfinite(affine).all():
+        raise ScanReadError(f"{path.name}: its affine (sform/qform) holds NaN or infinite "
+                            "values; the header is corrupt")
     if voxel_type.kind == "c" or voxel_type.fields is not None:
         kind = "complex" if voxel_type.kind == "c" else "colour (RGB)"
         raise UnsupportedScanError(f"{path.name} holds {kind} voxels; medsingan trains on "
                                    "real-valued grayscale slices")
     try:
-        data = load_pixels(path, NibabelReader())
+        with _header_fixes(notes):
+            data = load_pixels(path, NibabelReader())
     except Exception as exc:
-        raise ScanReadError(f"{path.name}: cannot read NIfTI ({exc}); the file may be truncated "
-                            "or corrupt") from exc
+        raise ScanReadError(f"{path.name}: cannot read NIfTI ({one_line(exc)}); the file may be "
+                            "truncated or corrupt") from exc
     return np.asarray(data, dtype=np.float32), header_image
 
 
@@ -46,7 +82,8 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
     The image is turned to the orientation viewers show (:func:`display_transform`); the
     metadata records how, and :func:`write_nifti` turns a derived image back.
     """
-    data, header_image = _load_volume(path)
+    fixes: list[str] = []
+    data, header_image = _load_volume(path, fixes)
     if data.ndim == 4 or (data.ndim > 4 and all(s == 1 for s in data.shape[4:])):
         data = data.reshape(data.shape[:4])
         count = data.shape[3]
@@ -66,6 +103,7 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
         raise ScanReadError(f"{path.name} has {data.ndim} dimensions; expected 2, 3 or 4")
     image, slice_axis, slice_index, notes = take_slice(data, path.name, slice_index,
                                                        slice_axis)
+    notes.extend(fixes)
     affine = np.asarray(header_image.affine, dtype=float)
     transform = display_transform(affine, slice_axis)
     image = _to_display(image, transform)
@@ -76,6 +114,8 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
     in_plane = [z for axis, z in enumerate(zooms) if axis != slice_axis]
     if transform[0]:
         in_plane.reverse()
+    spacing = (in_plane[0], in_plane[1]) if all(math.isfinite(z) and z > 0
+                                                for z in in_plane) else None
     dtype = np.dtype(header.get_data_dtype()).newbyteorder("=")
     # nibabel moves the header's scl_slope/scl_inter into the array proxy on load
     slope = float(getattr(header_image.dataobj, "slope", 1.0))
@@ -88,7 +128,7 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
         rows=int(image.shape[0]),
         columns=int(image.shape[1]),
         modality=None,
-        pixel_spacing=(in_plane[0], in_plane[1]),
+        pixel_spacing=spacing,
         bits_stored=dtype.itemsize * 8,
         signed=bool(is_int and np.issubdtype(dtype, np.signedinteger)),
         storage_dtype=dtype.name,
@@ -100,11 +140,19 @@ def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | 
         volume=volume,
         affine=affine.tolist(),
         display_transform=transform,
-        nifti_space=(str(header.get_xyzt_units()[0]), int(header["qform_code"]),
+        nifti_space=(_spatial_unit(header), int(header["qform_code"]),
                      int(header["sform_code"])),
         notes=notes,
     )
     return Scan(image=np.ascontiguousarray(image, dtype=np.float32), meta=meta)
+
+
+def _spatial_unit(header: nib.Nifti1Header) -> str:
+    """The header's spatial unit (mm, micron, meter), "unknown" for a code NIfTI lacks."""
+    try:
+        return str(header.get_xyzt_units()[0])
+    except KeyError:  # a corrupt xyzt_units byte
+        return "unknown"
 
 
 # Units that say nothing beyond "the file's numbers".

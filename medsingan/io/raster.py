@@ -14,6 +14,7 @@ from PIL.PngImagePlugin import PngInfo
 from medsingan.errors import ScanReadError, ScanWriteError, UnsupportedScanError
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.monai_loader import load_pixels
+from medsingan.io.reasons import one_line
 from medsingan.io.scan import Scan, ScanMetadata
 
 RASTER_FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -95,7 +96,7 @@ def read_raster(path: Path) -> Scan:
     except UnsupportedScanError:
         raise
     except Exception as exc:
-        raise ScanReadError(f"{path.name} is not a readable image ({exc})") from exc
+        raise ScanReadError(f"{path.name} is not a readable image ({one_line(exc)})") from exc
     if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
         alpha = pixels[..., -1]
         if alpha.min() != alpha.max() or alpha.max() == 0:

@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medsingan.errors import ScanReadError
-from medsingan.io.dicom import _pixel_spacing, read_dicom
+from medsingan.io.dicom import _pixel_spacing, frame_count, image_size, read_dicom
+from medsingan.io.reasons import one_line
 from medsingan.io.scan import Scan
 
 # A step between neighbouring slices this many times the series' smallest step is a gap.
@@ -54,11 +55,6 @@ class DicomSeries:
         return len(self.files)
 
 
-def _one_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:200]
-
-
 def _image_headers(folder: Path) -> tuple[list[tuple[Path, Dataset]], int]:
     """The headers (no pixel data) of the folder's DICOM image objects, and how many other
     files there are (not DICOM, or DICOM without an image: DICOMDIR, reports, ...)."""
@@ -71,7 +67,7 @@ def _image_headers(folder: Path) -> tuple[list[tuple[Path, Dataset]], int]:
             continue
         except Exception as exc:  # pydicom raises many types on truncated or corrupt files
             raise ScanReadError(f"{folder.name}/{path.name}: cannot parse DICOM "
-                                f"({_one_line(exc)}); the file may be truncated or "
+                                f"({one_line(exc)}); the file may be truncated or "
                                 "corrupt") from exc
         if "Rows" in ds and "Columns" in ds:
             headers.append((path, ds))
@@ -92,27 +88,28 @@ def _one_series(folder: Path, headers: list[tuple[Path, Dataset]]) -> str:
 
 
 def _floats(ds: Dataset, keyword: str, count: int) -> np.ndarray | None:
+    """``count`` finite numbers of a multi-valued element, else ``None``."""
     try:
         values = np.array([float(v) for v in ds[keyword].value], dtype=float)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
-    return values if values.shape == (count,) else None
+    return values if values.shape == (count,) and np.isfinite(values).all() else None
 
 
 def _check_geometry(folder: Path, headers: list[tuple[Path, Dataset]]) -> None:
     """One size, pixel spacing and orientation for every slice; single-frame objects."""
     first_path, first = headers[0]
-    size = (int(first.Rows), int(first.Columns))
+    size = image_size(first, first_path)
     spacing = _pixel_spacing(first)
     cosines = _floats(first, "ImageOrientationPatient", 6)
     for path, ds in headers:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frames = frame_count(ds, path)
         if frames > 1:
             raise ScanReadError(f"{folder}: {path.name} is a multi-frame object ({frames} "
                                 "frames), not a slice of a series; give that file itself "
                                 "(choose a frame with --frame)")
         where = f"{folder}: {first_path.name} and {path.name}"
-        if (int(ds.Rows), int(ds.Columns)) != size:
+        if image_size(ds, path) != size:
             raise ScanReadError(f"{where} differ in size ({size[0]}x{size[1]} and "
                                 f"{ds.Rows}x{ds.Columns} px); the slices of a series share "
                                 "one size")
@@ -143,7 +140,7 @@ def _positions(folder: Path,
     for path, ds in headers:
         try:
             numbers.append(float(int(ds.InstanceNumber)))
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, OverflowError):
             raise ScanReadError(f"{folder}: {path.name} has neither Image Position (Patient) "
                                 "nor Instance Number: the slices cannot be ordered") from None
     return numbers, "instance number"

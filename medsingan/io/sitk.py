@@ -15,6 +15,11 @@ the source's pixel type and the slice's origin, spacing and direction.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +73,78 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
     return affine
 
 
+@contextlib.contextmanager
+def _process_stderr(lines: list[str]) -> Iterator[None]:
+    """Collect into ``lines`` what C++ code prints on the process's stderr meanwhile
+    (MetaIO and the NRRD reader print their complaints there, beside ITK's exception)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to borrow: nothing to collect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(1 << 16).decode("utf-8", "replace")
+            lines.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+
+def _metaimage_fields(path: Path) -> dict[str, str]:
+    """The ``key = value`` lines of a MetaImage header, up to ElementDataFile."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    fields: dict[str, str] = {}
+    for line in head.split(b"\n"):
+        key, equals, value = line.partition(b"=")
+        if not equals:
+            continue
+        name = key.strip().decode("latin-1")
+        fields[name] = value.strip().decode("latin-1")
+        if name == "ElementDataFile":
+            break
+    return fields
+
+
+def _check_metaimage(path: Path) -> None:
+    """Refuse the NDims/DimSize values that crash MetaIO (a negative NDims kills the process)
+    or that no image can have."""
+    fields = _metaimage_fields(path)
+    ndims, sizes = fields.get("NDims"), fields.get("DimSize")
+    if ndims is not None and not (ndims.isdigit() and 1 <= int(ndims) <= 16):
+        raise ScanReadError(f"{path.name}: NDims is '{ndims[:20]}', not a number of dimensions; "
+                            "the header is corrupt")
+    if sizes is not None:
+        parts = sizes.split()
+        if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts) or (
+                ndims is not None and len(parts) != int(ndims)):
+            raise ScanReadError(f"{path.name}: DimSize is '{sizes[:40]}', not {ndims or 'NDims'} "
+                                "sizes of at least 1; the header is corrupt")
+
+
+def _cannot_read(path: Path, kind: str, exc: Exception, printed: list[str]) -> ScanReadError:
+    reason = _itk_reason(exc) + (f"; {printed[0][:120]}" if printed else "")
+    return ScanReadError(f"{path.name}: cannot read {kind.upper()} ({reason}); the file may be "
+                         "truncated or corrupt")
+
+
 def _read_image(path: Path, kind: str) -> sitk.Image:
     """The image; vector, complex and 4D+ images are refused before the pixels are read."""
+    if kind == "mha":
+        _check_metaimage(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    printed: list[str] = []
     try:
-        reader.ReadImageInformation()
+        with _process_stderr(printed):
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise ScanReadError(f"{path.name}: cannot read {kind.upper()} ({_itk_reason(exc)}); the "
-                            "file may be truncated or corrupt") from exc
+        raise _cannot_read(path, kind, exc, printed) from exc
     if reader.GetPixelID() in _COMPLEX or reader.GetNumberOfComponents() != 1:
         what = ("complex" if reader.GetPixelID() in _COMPLEX
                 else f"{reader.GetNumberOfComponents()}-component (vector or colour)")
@@ -87,10 +155,10 @@ def _read_image(path: Path, kind: str) -> sitk.Image:
                                    f"2D and 3D {kind.upper()} images (extract a 3D volume "
                                    "first)")
     try:
-        return reader.Execute()
+        with _process_stderr(printed):
+            return reader.Execute()
     except RuntimeError as exc:
-        raise ScanReadError(f"{path.name}: cannot read {kind.upper()} ({_itk_reason(exc)}); the "
-                            "file may be truncated or corrupt") from exc
+        raise _cannot_read(path, kind, exc, printed) from exc
 
 
 def read_sitk(path: Path, *, slice_index: int | None = None,
