@@ -15,6 +15,8 @@ same layout under ``discriminator.<n>.<parameter>``.
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -58,7 +60,20 @@ def save_networks(path: Path, prefix: str, networks: Mapping[int, Generator | Di
     """Atomically write ``networks`` (and ``extra`` tensors) to a safetensors file."""
     tensors = _network_tensors(prefix, networks) | dict(extra or {})
     metadata = {"format": FORMAT, "version": VERSION, "specs": _specs_json(networks)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: _save_file(tensors, tmp, metadata))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``; its I/O failures (a full disk) raised as the OSError they
+    are, which callers report in one line, instead of a SafetensorError."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from exc
 
 
 def save_pyramid(path: Path, pyramid: TrainedPyramid) -> None:
