@@ -249,17 +249,22 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a run's pyramid: sizes, widths, noise amplitudes, iterations and time per scale."""
+    from medsingan.run_privacy import privacy_reminder, run_identifiers, stored_config
     from medsingan.train import run_summary
 
     summary = run_summary(run_dir)
+    identifiers = run_identifiers(stored_config(run_dir))
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(json.dumps({**summary, "identifiers": identifiers}, indent=2, default=str))
         return
     extra = summary.get("extra") or {}
     source = (extra.get("source") or {}).get("source_path", "?")
     state = "complete" if summary["complete"] else "incomplete (resume with train --resume)"
     typer.echo(f"run         {summary['run_dir']}  ({state})")
-    typer.echo(f"source      {source}")
+    typer.echo(f"source      {source}" + ("" if Path(source).exists() else "  (not found)"))
+    region = _region_line(extra)
+    if region:
+        typer.echo(region)
     typer.echo(f"presets     {extra.get('modality_preset', '?')} / "
                f"{extra.get('speed_preset', '?')}, scale factor {summary['scale_factor']:.4f}")
     typer.echo("scale  size (h x w)  channels  noise amp   iters   seconds")
@@ -270,6 +275,20 @@ def info(
                    f"{entry['channels']:>8}  {amp:>9}  {entry['iters']:>6}  {secs:>8}")
     typer.echo(f"total       {summary['total_seconds']:.1f} s")
     _echo_scale_scores(summary)
+    reminder = privacy_reminder(identifiers)
+    if reminder:
+        typer.echo(reminder)
+
+
+def _region_line(extra: dict) -> str | None:
+    """``info``'s line for a region run (train --roi): the region and the source's size."""
+    roi, source = extra.get("roi"), extra.get("source") or {}
+    if not isinstance(roi, dict):
+        return None
+    spacing = roi.get("spacing_mm")
+    return (f"region      X,Y,W,H {roi['x']},{roi['y']},{roi['w']},{roi['h']} of the "
+            f"{source.get('columns', '?')} x {source.get('rows', '?')} px source (W x H)"
+            + (f", resampled to {spacing:g} mm" if spacing else ""))
 
 
 def _echo_scale_scores(summary: dict) -> None:

@@ -96,7 +96,7 @@ _PATH_COLUMNS = ("image", "source_image")
 # The columns that must agree when two manifests list the same image.
 _IDENTITY_COLUMNS = ("split", "label", "subject_id", "synthetic", "method", "source_image")
 # Columns holding paths relative to the manifest's folder, rewritten by merge.
-_MERGED_PATH_COLUMNS = ("image", "source_image", "model", "mask")
+_MERGED_PATH_COLUMNS = ("image", "source_image", "model", "mask", "source_volume")
 
 Record = dict[str, str]
 # How long an append waits for another process's (seconds): appends take milliseconds.
@@ -204,6 +204,9 @@ class ManifestRow:
             if os.path.isabs(record[column]):
                 record[column] = relative_to_manifest(record[column], manifest_path)
         record.update({str(key): _format_value(value) for key, value in self.extra.items()})
+        for column in _MERGED_PATH_COLUMNS:  # the model and extra path columns too
+            if os.path.isabs(record.get(column, "")):
+                record[column] = relative_to_manifest(record[column], manifest_path)
         return record
 
 

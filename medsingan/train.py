@@ -81,6 +81,7 @@ from medsingan.pyramid import (
     resize,
     validate_geometry,
 )
+from medsingan.source_paths import with_absolute_sources, with_relative_sources
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -387,7 +388,7 @@ class _Reporter:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2)
+    text = json.dumps(with_relative_sources(data, path.parent), indent=2)
     atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
@@ -461,7 +462,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         TrainConfig.from_dict(data["train"])
     except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
         raise RunDirError(f"{path} is corrupt ({exc})") from None
-    return data
+    return with_absolute_sources(data, run_dir)
 
 
 def load_run(run_dir: Path) -> TrainedPyramid:
