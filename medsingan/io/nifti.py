@@ -59,6 +59,7 @@ def _load_volume(path: Path, notes: list[str]) -> tuple[np.ndarray, nib.Nifti1Im
     if not np.isfinite(affine).all():
         raise ScanReadError(f"{path.name}: its affine (sform/qform) holds NaN or infinite "
                             "values; the header is corrupt")
+    _check_data_size(path, header_image.header, voxel_type)
     if voxel_type.kind == "c" or voxel_type.fields is not None:
         kind = "complex" if voxel_type.kind == "c" else "colour (RGB)"
         raise UnsupportedScanError(f"{path.name} holds {kind} voxels; medsingan trains on "
@@ -70,6 +71,20 @@ def _load_volume(path: Path, notes: list[str]) -> tuple[np.ndarray, nib.Nifti1Im
         raise ScanReadError(f"{path.name}: cannot read NIfTI ({one_line(exc)}); the file may be "
                             "truncated or corrupt") from exc
     return np.asarray(data, dtype=np.float32), header_image
+
+
+def _check_data_size(path: Path, header: nib.Nifti1Header, voxel_type: np.dtype) -> None:
+    """An uncompressed file must hold the voxels its header describes: a corrupt dimension
+    (32767 x 32767 x 3 in a 50 kB file) is refused before anything maps or allocates them."""
+    if path.name.lower().endswith(".gz"):  # the decompressed size is known only by reading
+        return
+    shape = tuple(int(n) for n in header.get_data_shape())
+    needed = int(np.prod(shape, dtype=object)) * voxel_type.itemsize
+    held = path.stat().st_size - int(header.get_data_offset())
+    if needed > held:
+        raise ScanReadError(f"{path.name}: its header describes {'x'.join(map(str, shape))} "
+                            f"voxels ({needed} bytes) but the file holds {max(held, 0)} bytes "
+                            "of data; it is truncated or its header is corrupt")
 
 
 def read_nifti(path: Path, *, slice_index: int | None = None, slice_axis: int | None = None,
