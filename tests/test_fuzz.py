@@ -572,3 +572,14 @@ def test_inspect_on_fuzzed_files_exits_0_or_2_without_traceback(work, sitk_bases
         assert_one_line_error((code, out, err))
     else:
         assert "Traceback" not in out + err and "error:" not in err and "preset" in out
+
+
+def test_the_console_command_survives_a_file_that_killed_it(work, sitk_bases):
+    """As a process of its own, the way a user runs it: a negative NDims made SimpleITK
+    segfault (the command died with no message)."""
+    from tests.cli.test_inspect import assert_one_line_error as assert_exit_2_one_line
+    from tests.cli.test_inspect import run_cli
+
+    path = work / "ndims.mha"
+    path.write_bytes(build_sitk(sitk_bases, ".mha", (("NDims", "-1"),), None))
+    assert_exit_2_one_line(run_cli("inspect", path), "NDims is '-1'")
