@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,7 @@ def run_engine(pyramid: TrainedPyramid) -> str:
     return "singan" if loss == "wgan-gp" else f"singan-{loss}"
 
 
-class SampleSource:
+class SampleSource(ABC):
     """What augment draws samples from: its name, engine, source description (``extra``,
     as a run's ``config.json`` keeps it), training image and pyramid geometry, and the
     settings that identify it in a cohort folder's ``augment.json``."""
@@ -220,33 +221,35 @@ class SampleSource:
     model: Path | None  # the manifest's model column (a run directory), None without a run
 
     @property
+    @abstractmethod
     def real(self) -> torch.Tensor:
         """The training image ``(1, C, h, w)`` in [-1, 1] (the finest scale)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def shapes(self) -> list[tuple[int, int]]:
         """The pyramid's sizes, finest first."""
-        raise NotImplementedError
 
+    @abstractmethod
     def output_shapes(self, scale_h: float, scale_w: float) -> list[tuple[int, int]]:
         """Every scale's size for an output stretched by ``scale_h`` x ``scale_w``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def meta(self, keep_identifiers: bool) -> ScanMetadata:
         """The source's metadata, ready for ``write_scan``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def batch_size(self, output: tuple[int, int]) -> int:
-        raise NotImplementedError
+        """Samples drawn at once for outputs of ``output`` (rows, columns)."""
 
+    @abstractmethod
     def to(self, device: torch.device) -> None:
-        raise NotImplementedError
+        """Move what the samples are drawn from to ``device``."""
 
+    @abstractmethod
     def draw(self, indices: list[int], start: int, seed: int,
              shapes: list[tuple[int, int]]) -> torch.Tensor:
         """Samples number ``indices`` of ``seed``, noise from scale ``start``, at ``shapes``."""
-        raise NotImplementedError
 
     @property
     def coarsest(self) -> int:
