@@ -97,7 +97,7 @@ _US = (st.sampled_from([0, 1, 2, 3, 7, 8, 12, 15, 16, 17, 24, 31, 32, 33, 63, 64
                         255, 256, 4096, 65535]) | st.integers(0, 65535))
 _NUMBER_TEXT = st.sampled_from(["0", "1", "-1", "2", "10", "1.5", "1e400", "-1e400", "nan",
                                 "inf", "-inf", "abc", "", "  ", "1\\2", "1e-320", "-0",
-                                "99999999999", "0.001", "65536"])
+                                "99999999999", "0.001", "65536", "1\r\n2"])
 _PAIR_TEXT = st.sampled_from(["1\\1", "0\\0", "-1\\1", "nan\\1", "inf\\inf", "1", "abc\\1", "",
                               "1e400\\1", "0.5\\0.5\\0.5"])
 _TRIPLE_TEXT = st.sampled_from(["0\\0\\0", "nan\\0\\0", "1e400\\0\\0", "1\\2", "abc", "",
@@ -115,7 +115,7 @@ _DICOM_FIELDS = {
     "PlanarConfiguration": (0x00280006, "US", st.sampled_from([0, 1, 2])),
     "PhotometricInterpretation": (0x00280004, "CS", st.sampled_from(
         ["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL_422", "",
-         "monochrome2", "MONOCHROME3", "MONOCHROME2\\RGB"])),
+         "monochrome2", "MONOCHROME3", "MONOCHROME2\\RGB", "MONO\nCHROME2"])),
     "RescaleSlope": (0x00281053, "DS", _NUMBER_TEXT),
     "RescaleIntercept": (0x00281052, "DS", _NUMBER_TEXT),
     "NumberOfFrames": (0x00280008, "IS", _NUMBER_TEXT),
@@ -133,7 +133,7 @@ _DICOM_FIELDS = {
 _TRANSFER_SYNTAXES = st.sampled_from([
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.100", "1.2.3.4", ""])
+    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.100", "1.2.3.4", "", "1.2.840\n10008"])
 _PIXEL_EDITS = st.one_of(
     st.tuples(st.just("keep"), st.just(0.0)),
     st.tuples(st.just("cut"), st.floats(0.0, 0.999)),
@@ -226,6 +226,10 @@ _NO_PIXEL_EDIT = ("keep", 0.0)
 @example(mutation=("rtdose.dcm", (("SliceThickness", "1\\2"),), _NO_PIXEL_EDIT, None))
 @example(mutation=("CT_small.dcm", (("RescaleSlope", "abc"),), _NO_PIXEL_EDIT, None))
 @example(mutation=("CT_small.dcm", (), ("cut", 0.0), None))  # empty pixel data
+@example(mutation=("MR_small.dcm", (("PhotometricInterpretation", "MONO\nCHROME2"),),
+                   _NO_PIXEL_EDIT, None))  # a newline in a value quoted by the message
+@example(mutation=("MR_small.dcm", (("RescaleSlope", "1\r\n2"),), _NO_PIXEL_EDIT, None))
+@example(mutation=("MR_small.dcm", (), _NO_PIXEL_EDIT, "1.2.840\n10008"))
 @given(mutation=dicom_mutations())
 def test_fuzzed_dicom_reads_or_fails_in_one_line(work, mutation):
     path = work / "fuzzed.dcm"

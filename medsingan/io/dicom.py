@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from medsingan.errors import (
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.deid import deidentify
 from medsingan.io.monai_loader import load_pixels
-from medsingan.io.reasons import one_line
+from medsingan.io.reasons import one_line, single_line
 from medsingan.io.scan import Scan, ScanMetadata
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -89,7 +90,8 @@ def _first(item: Dataset, keyword: str) -> float | None:
 
 
 def _header_number(item: Dataset, keyword: str, path: Path, default: float, *,
-                   integer: bool = False, allowed: str = "", check=None) -> Any:
+                   integer: bool = False, allowed: str = "",
+                   check: Callable[[float], bool] | None = None) -> Any:
     """An attribute the pixels depend on: ``default`` when absent or empty, else its single
     finite value (an int when ``integer``) passing ``check``; ScanReadError otherwise, naming
     the attribute, its value and ``allowed`` (what it may be)."""
@@ -106,7 +108,7 @@ def _header_number(item: Dataset, keyword: str, path: Path, default: float, *,
         number = math.nan
     if not (math.isfinite(number) and (not integer or number.is_integer())
             and (check is None or check(number))):
-        shown = "\\".join(str(v) for v in values).strip()
+        shown = single_line("\\".join(str(v) for v in values))
         raise ScanReadError(f"{path.name}: {keyword} is '{shown[:40]}', not "
                             f"{allowed or 'a number'}; the header is corrupt")
     return int(number) if integer else number
@@ -168,8 +170,9 @@ def _check_decodable(ds: Dataset, path: Path) -> None:
         return
     syntax = UID(str(syntax).strip("\0 "))
     if not syntax.is_transfer_syntax:
-        raise ScanReadError(f"{path.name}: Transfer Syntax UID '{str(syntax)[:64]}' is not one "
-                            "pydicom knows (a private syntax, or a corrupt file meta header)")
+        raise ScanReadError(f"{path.name}: Transfer Syntax UID '{single_line(syntax)[:64]}' is "
+                            "not one pydicom knows (a private syntax, or a corrupt file meta "
+                            "header)")
     if not syntax.is_compressed:
         return
     from pydicom.pixels import get_decoder
@@ -266,7 +269,8 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
                             "header is incomplete")
     samples = _header_number(ds, "SamplesPerPixel", path, 1, integer=True)
     if photometric not in GRAYSCALE or samples != 1:
-        what = photometric if photometric not in GRAYSCALE else f"{samples} samples per pixel"
+        what = (single_line(photometric)[:40] if photometric not in GRAYSCALE
+                else f"{samples} samples per pixel")
         raise UnsupportedScanError(
             f"{path.name} is a colour DICOM ({what}); medsingan trains on grayscale "
             "scans: convert it to MONOCHROME2 first"
