@@ -34,6 +34,7 @@ from medsingan.io.nifti import (
     slice_affine,
     take_slice,
 )
+from medsingan.io.reasons import single_line
 from medsingan.io.scan import Scan, ScanMetadata
 
 SITK_FORMATS = {".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
@@ -111,20 +112,25 @@ def _metaimage_fields(path: Path) -> dict[str, str]:
     return fields
 
 
+def _whole(text: str) -> bool:
+    """ASCII digits only (``"²".isdigit()`` is true, and ``int("²")`` fails)."""
+    return text.isascii() and text.isdigit()
+
+
 def _check_metaimage(path: Path) -> None:
     """Refuse the NDims/DimSize values that crash MetaIO (a negative NDims kills the process)
     or that no image can have."""
     fields = _metaimage_fields(path)
     ndims, sizes = fields.get("NDims"), fields.get("DimSize")
-    if ndims is not None and not (ndims.isdigit() and 1 <= int(ndims) <= 16):
-        raise ScanReadError(f"{path.name}: NDims is '{ndims[:20]}', not a number of dimensions; "
-                            "the header is corrupt")
+    if ndims is not None and not (_whole(ndims) and 1 <= int(ndims) <= 16):
+        raise ScanReadError(f"{path.name}: NDims is '{single_line(ndims)[:20]}', not a number of "
+                            "dimensions; the header is corrupt")
     if sizes is not None:
         parts = sizes.split()
-        if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts) or (
+        if not parts or not all(_whole(p) and int(p) >= 1 for p in parts) or (
                 ndims is not None and len(parts) != int(ndims)):
-            raise ScanReadError(f"{path.name}: DimSize is '{sizes[:40]}', not {ndims or 'NDims'} "
-                                "sizes of at least 1; the header is corrupt")
+            raise ScanReadError(f"{path.name}: DimSize is '{single_line(sizes)[:40]}', not "
+                                f"{ndims or 'NDims'} sizes of at least 1; the header is corrupt")
 
 
 def _cannot_read(path: Path, kind: str, exc: Exception, printed: list[str]) -> ScanReadError:
