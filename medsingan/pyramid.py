@@ -83,9 +83,11 @@ def pyramid_shapes(
     skipped = _ceil(math.log(min(max_size, max(height, width)) / max(height, width), scale_factor))
     steps = max(num_scales - skipped, 1)
     factor = (min_size / min(finest)) ** (1.0 / steps)
-    return [
-        (_ceil(finest[0] * factor**k), _ceil(finest[1] * factor**k)) for k in range(steps + 1)
-    ]
+    shapes = [(_ceil(finest[0] * factor**k), _ceil(finest[1] * factor**k))
+              for k in range(steps + 1)]
+    # just above min_size, rounding up can give one shape twice (26 x 28 -> 26 x 28 -> 25 x
+    # 27): a scale must be smaller than the one before it
+    return [shape for k, shape in enumerate(shapes) if k == 0 or shape != shapes[k - 1]]
 
 
 def effective_scale_factor(shapes: Sequence[tuple[int, int]]) -> float:

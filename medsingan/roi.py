@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsingan.errors import ConfigError, RunDirError
+from medsingan.errors import ConfigError, RunDirError, warn_user
 from medsingan.io import ScanMetadata, read_scan
 from medsingan.io.atomic import sha256_of
 from medsingan.preprocess import IntensityMapping, check_trainable
@@ -59,6 +59,8 @@ BLEND_RADIUS = {"edit": 20, "harmonize": 7}
 BLEND_SIGMA = 5.0
 # How the samples of a region run are blended into its border.
 TAPER_MODE = "harmonize"
+# Storage types whose values float32 (24-bit mantissa) does not always hold exactly.
+_WIDER_THAN_FLOAT32 = ("float64", "int32", "uint32", "int64", "uint64")
 _REGION = re.compile(r"^\s*(-?[0-9]+)\s*,\s*(-?[0-9]+)\s*,\s*(-?[0-9]+)\s*,\s*(-?[0-9]+)\s*$")
 
 
@@ -203,10 +205,11 @@ def region_unit(unit: np.ndarray, region: Region, meta: ScanMetadata, *, min_siz
         if meta.pixel_spacing is None:
             raise ConfigError(f"--spacing needs a scan with a pixel spacing; "
                               f"{Path(meta.source_path).name} records none")
-        if not spacing >= min(meta.pixel_spacing):
+        if not spacing >= max(meta.pixel_spacing):
             raise ConfigError(f"--spacing {spacing:g} mm is finer than the scan's own "
-                              f"{meta.pixel_spacing[0]:g} x {meta.pixel_spacing[1]:g} mm: a "
-                              "region can be trained at its native spacing or coarser")
+                              f"{meta.pixel_spacing[0]:g} x {meta.pixel_spacing[1]:g} mm on "
+                              "an axis: a region can be trained at its native spacing or "
+                              "coarser")
         shape = (round(region.h * meta.pixel_spacing[0] / spacing),
                  round(region.w * meta.pixel_spacing[1] / spacing))
     if min(shape) < min_size:
@@ -215,6 +218,10 @@ def region_unit(unit: np.ndarray, region: Region, meta: ScanMetadata, *, min_siz
                           f"the coarsest pyramid size {min_size} px: give a larger region or "
                           "a lower --min-size")
     check_trainable(crop, min_size=1, name=f"the region {region}")
+    if meta.storage_dtype in _WIDER_THAN_FLOAT32:
+        warn_user([f"{Path(meta.source_path).name} stores {meta.storage_dtype} pixels: a region "
+                   "run's outputs write the rest of the scan back at float32 precision (about "
+                   "7 significant digits), not bit-identical to the source"])
     if shape == region.shape:
         return np.ascontiguousarray(crop)
     return resize(torch.from_numpy(np.ascontiguousarray(crop))[None, None],

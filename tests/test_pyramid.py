@@ -36,6 +36,19 @@ def test_shapes_shrink_monotonically_from_max_to_min_size(height, width):
         assert coarser[0] <= finer[0] and coarser[1] <= finer[1]
 
 
+def test_every_scale_is_smaller_than_the_one_before_it_just_above_min_size():
+    """Brute force over every size of 25..80 px a side: no shape twice (rounding up once gave
+    26 x 28 two scales in a row, whose real images then shared memory)."""
+    for height in range(25, 81):
+        for width in range(25, 81):
+            if min(height, width) * min(1, 64 / max(height, width)) < 25:
+                continue  # too elongated for max size 64 (refused, tested above)
+            shapes = pyramid_shapes(height, width, min_size=25, max_size=64)
+            assert min(shapes[-1]) == 25, (height, width, shapes)
+            for finer, coarser in zip(shapes, shapes[1:], strict=False):
+                assert coarser != finer, (height, width, shapes)
+
+
 def test_small_image_is_never_enlarged():
     assert pyramid_shapes(40, 30, max_size=250)[0] == (40, 30)
 

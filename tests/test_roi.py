@@ -295,33 +295,39 @@ def test_an_interrupted_region_cohort_completes_as_an_uninterrupted_one(region_r
     assert check_manifest(rest.manifest) == []
 
 
-def _changed_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
-    """Height and width of the bounding box of the pixels that differ."""
-    rows, columns = np.nonzero(before != after)
-    return rows.max() - rows.min() + 1, columns.max() - columns.min() + 1
-
-
 @pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])
 def test_a_region_of_a_simpleitk_or_nifti_slice_changes_only_its_region(tmp_path, suffix):
-    """anatomical.nii's slice 12, as SimpleITK writes it (2D MHA) or as the NIfTI volume
-    itself: the output, read by SimpleITK / nibabel, is the whole slice in the file's own
-    voxel order, every pixel outside a region-sized box identical to the source's."""
+    """anatomical.nii's slice 12, as the NIfTI volume itself or as SimpleITK writes it (a 2D
+    MHA): the output, read by nibabel / SimpleITK, is the whole slice in the file's own voxel
+    order, changed only inside the region, which nibabel's orientation maps from display to
+    voxels (SimpleITK's array of a NIfTI slice is nibabel's, transposed)."""
     import nibabel as nib
     import SimpleITK as sitk
 
     from tests.conftest import nifti_file
+    from tests.io.test_sitk import SHOWN_CODES
     volume = nifti_file("anatomical.nii")
+    nifti = nib.load(volume)
+    rows, columns = read_scan(volume, slice_index=12).image.shape
+    roi = (columns - 29, rows - 27, 28, 26)  # X, Y, W, H in display px: off centre
+    shown = np.zeros(nib.orientations.apply_orientation(
+        np.zeros(nifti.shape), nib.orientations.ornt_transform(
+            nib.io_orientation(nifti.affine),
+            nib.orientations.axcodes2ornt(SHOWN_CODES[2]))).shape, bool)
+    shown[roi[1]:roi[1] + roi[3], roi[0]:roi[0] + roi[2], :] = True
+    region = nib.orientations.apply_orientation(shown, nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt(SHOWN_CODES[2]), nib.io_orientation(nifti.affine)))
+    region = region[:, :, 12]  # the region in the file's voxels (i, j)
     if suffix == ".mha":
         source = tmp_path / "plane.mha"
         sitk.WriteImage(sitk.ReadImage(str(volume))[:, :, 12], str(source))
         selection = {}
         original = sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
+        region = region.T
     else:
         source = volume
         selection = {"slice_index": 12}
-        original = np.asanyarray(nib.load(volume).dataobj)[:, :, 12]
-    rows, columns = read_scan(source, **selection).image.shape
-    roi = (2, 2, columns - 6, rows - 5)  # X, Y, W, H in display px
+        original = np.asanyarray(nifti.dataobj)[:, :, 12]
     train_scan(source, tmp_path / "run", overrides={**TINY, "iters": 4}, progress=False,
                roi=roi, **selection)
     result = augment(AugmentRequest(run_dir=tmp_path / "run", n=1, sifid=False,
@@ -337,8 +343,32 @@ def test_a_region_of_a_simpleitk_or_nifti_slice_changes_only_its_region(tmp_path
         pixels = np.asanyarray(nib.load(written).dataobj)
         pixels = pixels.reshape(pixels.shape[:2])
     assert pixels.shape == original.shape
-    assert (pixels != original).any()
-    box = _changed_box(original, pixels)
-    width, height = roi[2], roi[3]
-    assert (box[0] <= height and box[1] <= width) or (box[0] <= width and box[1] <= height)
-    assert (pixels == original).sum() >= pixels.size - roi[2] * roi[3]
+    assert np.array_equal(pixels[~region], original[~region])  # bit-identical outside
+    assert (pixels != original)[region].mean() > 0.3
+
+
+def test_a_float64_source_is_warned_about(tmp_path):
+    import SimpleITK as sitk
+
+    from medsingan.roi import Region, region_unit
+    from tests.conftest import nifti_file
+    plane = sitk.Cast(sitk.ReadImage(str(nifti_file("anatomical.nii")))[:, :, 12],
+                      sitk.sitkFloat64)
+    sitk.WriteImage(plane, str(tmp_path / "plane.mha"))
+    scan = read_scan(tmp_path / "plane.mha")
+    unit = 2 * (scan.image - scan.image.min()) / np.ptp(scan.image) - 1
+    with pytest.warns(MedsinganWarning, match="float32 precision"):
+        region_unit(unit, Region(0, 0, 30, 30), scan.meta, min_size=25)
+
+
+def test_resuming_with_another_region_or_none_is_refused(region_run, tmp_path):
+    """A run killed in its first scale holds config.json only; resuming it on another region
+    would composite the new model into the old region."""
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    shutil.copyfile(region_run / "config.json", run_dir / "config.json")
+    for roi in ((830, 700, 56, 56), None):
+        with pytest.raises(RunDirError, match="another scan or region"):
+            train_scan(dicom_file(FILM), run_dir, overrides=TINY, progress=False, roi=roi,
+                       resume=True, label="normal", split="train", subject_id="P003")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]

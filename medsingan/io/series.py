@@ -27,9 +27,9 @@ from medsingan.io.scan import Scan
 GAP_FACTOR = 1.5
 # Positions closer than this (mm, or instance numbers) are the same position.
 _SAME_POSITION = 1e-3
-# Spacings and direction cosines within these of the first slice's are the same.
 # Steps differing by more than this (mm, or a fraction of the step) are uneven.
 _UNEVEN_ABSOLUTE, _UNEVEN_RELATIVE = 0.01, 0.1
+# Spacings and direction cosines within these of the first slice's are the same.
 _SPACING_RTOL = 1e-4
 _COSINE_ATOL = 1e-4
 
