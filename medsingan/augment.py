@@ -538,7 +538,9 @@ def augment(request: AugmentRequest) -> AugmentResult:
                         "sample_index": index, "patch_swd": swds[k],
                         "intensity_window": window, "engine": source.engine,
                         "copy_score": copies[k] and copies[k].score,
-                        "copy_region_px": copies[k] and copies[k].region_px}))
+                        "copy_region_px": copies[k] and copies[k].region_px,
+                        # a region run's sample replaced this X,Y,W,H (source px) only
+                        **({"region": str(canvas.region)} if canvas is not None else {})}))
                 result.written.append(names[index])
             append_rows(manifest, rows, on_existing="replace")
             bar.advance(task, len(indices))

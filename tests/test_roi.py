@@ -178,6 +178,7 @@ def test_augment_replaces_the_region_blended_at_its_border(region_run, tmp_path)
     assert not np.array_equal(samples[0], samples[1])
     frame = read_manifest(result.manifest)
     assert frame[["height", "width"]].values.tolist() == [[1760, 1760]] * 2
+    assert frame["region"].tolist() == ["830,640,56,56"] * 2  # X,Y,W,H of the film
 
 
 def test_a_resampled_region_is_scaled_back_into_the_slice_and_says_so(tmp_path):
