@@ -397,6 +397,17 @@ def open_source(request: AugmentRequest) -> SampleSource:
                       split=request.split or "", subject_id=request.subject_id)
 
 
+def missing_source_warning(meta: ScanMetadata) -> list[str]:
+    """A warning when the run's source is not where its ``config.json`` says (a run moved or
+    copied without its scan): the rows' ``source_image`` then names a missing file, which
+    ``manifest merge`` cannot match against the real manifest's splits."""
+    if not meta.source_path or Path(meta.source_path).is_file():
+        return []
+    return [f"the run's source {meta.source_path} is missing (was the run moved without its "
+            "scan?): the rows' source_image names a missing file, so the split check of "
+            "manifest merge can only go by subject; move runs together with their scans"]
+
+
 def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """A folder holds one cohort: re-running with other settings needs --overwrite."""
     path = out / SETTINGS_FILE
@@ -494,7 +505,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
                                               sort_keys=True))
     batch_size = request.batch_size or source.batch_size(shapes[0])
     result = AugmentResult(out=out, manifest=manifest, skipped=len(done),
-                           warnings=source_warnings(meta))
+                           warnings=source_warnings(meta) + missing_source_warning(meta))
     warn_user(result.warnings)
     cohort = CohortDiversity()
     grid_units: dict[int, torch.Tensor] = {}  # the first samples, for grid.png

@@ -48,7 +48,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medsingan.augment import FORMAT_SUFFIX, load_complete_run, parse_scale, source_meta
+from medsingan.augment import (
+    FORMAT_SUFFIX,
+    load_complete_run,
+    missing_source_warning,
+    parse_scale,
+    source_meta,
+)
 from medsingan.errors import ConfigError, ScanWriteError, UnsupportedScanError, warn_user
 from medsingan.generate import sample_noise
 from medsingan.io import DerivedSeries, Scan, read_scan, scan_format, write_scan
@@ -480,7 +486,7 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     """
     out, manifest, names, mask_path = _targets(request, run, method, mask is not None)
     meta = source_meta(run.extra, request.keep_identifiers)
-    warn_user(source_warnings(meta))
+    warn_user(source_warnings(meta) + missing_source_warning(meta))
     images = images.detach().cpu().clamp(-1, 1)  # as written, so scored as written
     outputs, weight = (images, None) if run.canvas is None or region_blend is None \
         else region_blend

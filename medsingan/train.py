@@ -788,7 +788,10 @@ def _save_scale(run_dir: Path, pyramid: TrainedPyramid, critics: dict[int, Discr
 def _save_curves(run_dir: Path, history: list[dict[str, float]], metadata: dict[str, Any],
                  noise_amps: dict[int, float]) -> None:
     table = scale_table(metadata, noise_amps, history)
+    # a scale whose weights were saved before a full disk stopped the run has no progress
+    # entry: no scores for it, rather than a KeyError on --resume
+    progress = metadata.get("progress") or {}
     save_training_curves(run_dir / CURVES_FILE, history,
-                         [{**row, "scores": metadata["progress"][str(row["scale"])].get("scores")}
+                         [{**row, "scores": (progress.get(str(row["scale"])) or {}).get("scores")}
                           for row in table])
 

@@ -78,6 +78,20 @@ def test_a_run_moved_with_its_source_still_reads_it_and_manifests_stay_relative(
     assert str(tmp_path) not in manifest.read_text()
 
 
+def test_a_run_moved_without_its_source_warns_that_its_rows_name_a_missing_scan(study,
+                                                                                  tmp_path):
+    """The stored path is relative to the run: moved alone, it points nowhere, and the
+    manifest's source_image could not be matched against the real manifest's splits."""
+    moved = Path(shutil.copytree(study / "runs" / "ct", tmp_path / "elsewhere" / "ct"))
+    code, _, err = run_medsingan("augment", moved, "--n", "1", "--out", tmp_path / "samples",
+                                 "--manifest", tmp_path / "m.csv", *NO_SCORES)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "missing" in lines[0] and "moved without its scan" in lines[0]
+    row = read_manifest(tmp_path / "m.csv").iloc[0]
+    assert not resolve_image(tmp_path / "m.csv", row["source_image"]).exists()
+
+
 def test_an_older_run_with_absolute_paths_still_loads_and_info_reminds(study, tmp_path):
     run_dir = Path(shutil.copytree(study / "runs" / "ct", tmp_path / "old"))
     scan = (study / "SMITH_JOHN_1961" / "ct.dcm").resolve()

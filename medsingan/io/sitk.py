@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,10 +75,21 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
     return affine
 
 
+# File descriptor 2 is the process's: one redirect at a time (threads of a cohort's workers
+# read scans concurrently; interleaved redirects would leave stderr on a deleted file).
+_STDERR_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _process_stderr(lines: list[str]) -> Iterator[None]:
     """Collect into ``lines`` what C++ code prints on the process's stderr meanwhile
     (MetaIO and the NRRD reader print their complaints there, beside ITK's exception)."""
+    with _STDERR_LOCK, _redirected_stderr(lines):
+        yield
+
+
+@contextlib.contextmanager
+def _redirected_stderr(lines: list[str]) -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)
