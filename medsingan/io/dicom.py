@@ -26,7 +26,7 @@ from medsingan.errors import (
 from medsingan.io.atomic import atomic_path, sha256_of
 from medsingan.io.deid import deidentify
 from medsingan.io.monai_loader import load_pixels
-from medsingan.io.reasons import one_line, single_line
+from medsingan.io.reasons import one_line, process_stderr, single_line
 from medsingan.io.scan import Scan, ScanMetadata
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -284,8 +284,10 @@ def read_dicom(path: Path, frame: int | None = None) -> Scan:
     chosen = frames // 2 if frame is None else frame
     transform = _frame_item(ds, chosen, "PixelValueTransformationSequence") or ds
     slope, intercept = _rescale(transform, path)
+    printed: list[str] = []  # a Rust decoder's panic message goes to fd 2: keep it off
     try:
-        pixels = _load_pixels(path)
+        with process_stderr(printed):
+            pixels = _load_pixels(path)
     except BaseException as exc:
         # a Rust decoder's panic (pyo3's PanicException, e.g. pylibjpeg-rle on a cut
         # segment) derives from BaseException only

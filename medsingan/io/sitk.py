@@ -15,12 +15,6 @@ the source's pixel type and the slice's origin, spacing and direction.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +29,7 @@ from medsingan.io.nifti import (
     slice_affine,
     take_slice,
 )
-from medsingan.io.reasons import single_line
+from medsingan.io.reasons import process_stderr, single_line
 from medsingan.io.scan import Scan, ScanMetadata
 
 SITK_FORMATS = {".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
@@ -73,39 +67,6 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
     affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
     affine[:3, 3] = _LPS_TO_RAS @ origin
     return affine
-
-
-# File descriptor 2 is the process's: one redirect at a time (threads of a cohort's workers
-# read scans concurrently; interleaved redirects would leave stderr on a deleted file).
-_STDERR_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _process_stderr(lines: list[str]) -> Iterator[None]:
-    """Collect into ``lines`` what C++ code prints on the process's stderr meanwhile
-    (MetaIO and the NRRD reader print their complaints there, beside ITK's exception)."""
-    with _STDERR_LOCK, _redirected_stderr(lines):
-        yield
-
-
-@contextlib.contextmanager
-def _redirected_stderr(lines: list[str]) -> Iterator[None]:
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no stderr to borrow: nothing to collect
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read(1 << 16).decode("utf-8", "replace")
-            lines.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
 
 
 def _metaimage_fields(path: Path) -> dict[str, str]:
@@ -159,7 +120,7 @@ def _read_image(path: Path, kind: str) -> sitk.Image:
     reader.SetFileName(str(path))
     printed: list[str] = []
     try:
-        with _process_stderr(printed):
+        with process_stderr(printed):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         raise _cannot_read(path, kind, exc, printed) from exc
@@ -173,7 +134,7 @@ def _read_image(path: Path, kind: str) -> sitk.Image:
                                    f"2D and 3D {kind.upper()} images (extract a 3D volume "
                                    "first)")
     try:
-        with _process_stderr(printed):
+        with process_stderr(printed):
             return reader.Execute()
     except RuntimeError as exc:
         raise _cannot_read(path, kind, exc, printed) from exc
