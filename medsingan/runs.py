@@ -6,6 +6,7 @@ hyper-parameters (speed preset < modality preset < explicit options) and trains 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,55 @@ def describe_source(scan: Scan, preset: str, mapping: IntensityMapping, *, label
     }
 
 
+@dataclass
+class PreparedTraining:
+    """A scan read, mapped and described, ready for :func:`medsingan.train.train`: the image
+    ``(1, C, H, W)`` in [-1, 1], the resolved hyper-parameters, the run directory and the
+    ``extra`` facts its ``config.json`` records."""
+
+    image: torch.Tensor
+    config: TrainConfig
+    run_dir: Path
+    extra: dict[str, Any]
+
+
+def prepare_training(scan_path: Path, run_dir: Path | None = None, *, modality: str = "auto",
+                     window: str | None = None, frame: int | None = None,
+                     slice_index: int | None = None, slice_axis: int | None = None,
+                     volume: int | None = None, speed_preset: str = "fast",
+                     overrides: dict[str, Any] | None = None, label: str = "", split: str = "",
+                     subject_id: str | None = None,
+                     roi: str | tuple[int, int, int, int] | None = None,
+                     spacing: float | None = None) -> PreparedTraining:
+    """Everything :func:`train_scan` does before training (its arguments, same meaning);
+    the source's warnings are in ``extra["warnings"]``, not printed."""
+    if spacing is not None and roi is None:
+        raise ConfigError("--spacing applies to a region (--roi X,Y,W,H)")
+    region = None if roi is None else Region.parse(roi)
+    scan = read_scan(scan_path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
+                     volume=volume)
+    preset = resolve_preset(modality, scan.meta.modality)
+    config = resolve_train_config(speed_preset, preset.train, overrides or {})
+    mapping, unit = prepare_scan(scan, preset, window=window, min_size=config.min_size)
+    if region is not None:
+        unit = region_unit(unit, region, scan.meta, min_size=config.min_size, spacing=spacing)
+    run_dir = run_dir or default_run_dir(Path(scan_path))
+    extra = {**describe_source(scan, preset.name, mapping, label=label, split=split,
+                               subject_id=subject_id), "speed_preset": speed_preset}
+    if region is not None:
+        extra["roi"] = {**region.to_dict(), "spacing_mm": spacing}
+        trained = pyramid_shapes(*unit.shape, config.min_size, config.max_size,
+                                 config.scale_factor)[0]
+        if trained != region.shape:
+            reasons = ([f"resampled to {spacing:g} mm"] if spacing is not None else []) + \
+                ([f"--max-size {config.max_size}"] if max(unit.shape) > config.max_size else [])
+            extra["warnings"].append(
+                f"the region {region} ({region.w} x {region.h} px) is trained at {trained[1]} "
+                f"x {trained[0]} px ({', '.join(reasons)}): its outputs are scaled back up "
+                "into it")
+    return PreparedTraining(torch.from_numpy(unit)[None, None], config, run_dir, extra)
+
+
 def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = "auto",
                window: str | None = None, frame: int | None = None,
                slice_index: int | None = None, slice_axis: int | None = None,
@@ -106,33 +156,13 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
 
     ``monitor``: per-scale scoring and TensorBoard log (:mod:`medsingan.monitor`).
     """
-    if spacing is not None and roi is None:
-        raise ConfigError("--spacing applies to a region (--roi X,Y,W,H)")
-    region = None if roi is None else Region.parse(roi)
-    scan = read_scan(scan_path, frame=frame, slice_index=slice_index, slice_axis=slice_axis,
-                     volume=volume)
-    preset = resolve_preset(modality, scan.meta.modality)
-    config = resolve_train_config(speed_preset, preset.train, overrides or {})
-    mapping, unit = prepare_scan(scan, preset, window=window, min_size=config.min_size)
-    if region is not None:
-        unit = region_unit(unit, region, scan.meta, min_size=config.min_size, spacing=spacing)
-    run_dir = run_dir or default_run_dir(Path(scan_path))
-    extra = {**describe_source(scan, preset.name, mapping, label=label, split=split,
-                               subject_id=subject_id), "speed_preset": speed_preset}
-    if region is not None:
-        extra["roi"] = {**region.to_dict(), "spacing_mm": spacing}
-        trained = pyramid_shapes(*unit.shape, config.min_size, config.max_size,
-                                 config.scale_factor)[0]
-        if trained != region.shape:
-            reasons = ([f"resampled to {spacing:g} mm"] if spacing is not None else []) + \
-                ([f"--max-size {config.max_size}"] if max(unit.shape) > config.max_size else [])
-            extra["warnings"].append(
-                f"the region {region} ({region.w} x {region.h} px) is trained at {trained[1]} "
-                f"x {trained[0]} px ({', '.join(reasons)}): its outputs are scaled back up "
-                "into it")
-    warn_user(extra["warnings"])
-    image = torch.from_numpy(unit)[None, None]
-    pyramid = train(image, config, run_dir, extra_config=extra, resume=resume,
-                    overwrite=overwrite, progress=progress, last_scale=last_scale,
-                    monitor=monitor)
-    return run_dir, pyramid
+    prepared = prepare_training(scan_path, run_dir, modality=modality, window=window,
+                                frame=frame, slice_index=slice_index, slice_axis=slice_axis,
+                                volume=volume, speed_preset=speed_preset, overrides=overrides,
+                                label=label, split=split, subject_id=subject_id, roi=roi,
+                                spacing=spacing)
+    warn_user(prepared.extra["warnings"])
+    pyramid = train(prepared.image, prepared.config, prepared.run_dir,
+                    extra_config=prepared.extra, resume=resume, overwrite=overwrite,
+                    progress=progress, last_scale=last_scale, monitor=monitor)
+    return prepared.run_dir, pyramid
