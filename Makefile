@@ -29,9 +29,11 @@ demo: $(STAMP)
 	@echo "first rows of the manifest:"
 	@head -n 4 demo_output/chest_samples.csv
 
+# Test modules run on up to 4 processes (pytest-xdist), a module's tests on one process so
+# that its trained-run fixtures are built once; each test uses one thread (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
