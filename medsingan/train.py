@@ -1,7 +1,10 @@
 """SinGAN training, coarse to fine, with atomic per-scale checkpoints and exact resume.
 
 Each scale ``n`` (0 = finest, ``N`` = coarsest) trains a generator ``G_n`` and a patch critic
-``D_n`` with WGAN-GP plus ``alpha`` times the reconstruction MSE, then is frozen:
+``D_n`` with WGAN-GP plus ``alpha`` times the reconstruction MSE, then is frozen. With an
+explicit ``loss`` (``frechet``, ``nn-patch``, ``aligned-nn``: :mod:`medsingan.model.patch_losses`)
+no critic exists: the generator's adversarial term is that loss between patches of its random
+output and of the scale's real image, everything else unchanged:
 
 * adversarial path: ``fake = G_n(amp_n * z + up(random output of scale n+1))``, a new ``z`` and a
   new random coarser output (computed without gradients) every iteration;
@@ -19,8 +22,10 @@ Run directory layout (all writes atomic):
 * ``weights.safetensors``: see :mod:`medsingan.model.serialization` (the commit point: a scale
   counts as finished once it is in this file);
 * ``resume_state.safetensors``: the discriminators (the next scale starts from the last one);
-  optimisers restart at every scale, as in the paper, so they need no state;
-* ``history.csv``, ``samples_scale_<n>.png`` (real, reconstruction, 3 samples) after each
+  optimisers restart at every scale, as in the paper, so they need no state; an explicit-loss
+  run has no critic and no such file;
+* ``history.csv`` (an explicit-loss run's ``g_adv`` is its patch loss, ``d_loss`` and ``gp``
+  are ``nan``), ``samples_scale_<n>.png`` (real, reconstruction, 3 samples) after each
   scale; ``curves.png`` (:mod:`medsingan.plots`) after each scale that took a minute or more,
   and when training stops (finished, ``last_scale`` reached, Ctrl-C);
 * ``scales.csv``: one row per finished scale: size, noise amplitude, time, the last logged
@@ -38,7 +43,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -53,10 +58,13 @@ import medsingan
 from medsingan.devices import parse_device, resolve_device
 from medsingan.errors import ConfigError, InvalidImageError, RunDirError, TrainingInterrupted
 from medsingan.generate import sample
+from medsingan.masks import mask_channels
 from medsingan.model.blocks import ACTIVATIONS, NORMS, PADDINGS, init_weights
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator, NetSpec, scale_width
 from medsingan.model.noise import Stream, check_seed, draw_noise, seeded_generator
+from medsingan.model.patch_losses import LOSSES as PATCH_LOSSES
+from medsingan.model.patch_losses import PatchLoss
 from medsingan.model.previews import save_sample_sheet
 from medsingan.model.serialization import (
     atomic_write,
@@ -101,6 +109,8 @@ RUN_FORMAT = "medsingan-run"
 
 # Settings that may change on resume without changing the result's meaning.
 _RESUME_MUTABLE = ("device", "log_every")
+DEFAULT_LOSS = "wgan-gp"
+LOSSES = (DEFAULT_LOSS, *PATCH_LOSSES)
 
 
 @dataclass
@@ -130,6 +140,18 @@ class TrainConfig:
         seed: the run's random seed.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
         log_every: write a history row every this many iterations (and the last one).
+        loss: ``wgan-gp`` (the paper's critic) or an explicit patch loss replacing it:
+            ``frechet``, ``nn-patch`` or ``aligned-nn`` (:mod:`medsingan.model.patch_losses`);
+            the critic's settings (``lr_d``, ``d_steps``, ``gp_*``) are then unused.
+        patch_size: side of the explicit loss's square patches, px. 7 (GPNN's and GPDM's
+            patch, within the networks' 11-px receptive field): the 25-px coarsest scale has
+            361 of them, enough to estimate the Fréchet loss's 49-dimensional covariance (the
+            receptive field's 11-px patches would give 225 for 121 dimensions), and the
+            nearest-neighbour search costs ``d = 49`` per pair instead of 121.
+        patch_stride: the patches lie on a grid of this many px (1: every position).
+        patches: patches drawn per generator step (all of the grid's when it has fewer): the
+            generated ones, and for ``nn-patch`` as many real ones, a new random subset each
+            step, whose nearest neighbours are exact.
     """
 
     iters: int = 2000
@@ -159,10 +181,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
+    loss: str = DEFAULT_LOSS
+    patch_size: int = 7
+    patch_stride: int = 1
+    patches: int = 2048
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` (one line) for any unusable value; return ``self``."""
-        for name in ("iters", "d_steps", "g_steps", "gp_every", "nfc", "max_nfc", "log_every"):
+        for name in ("iters", "d_steps", "g_steps", "gp_every", "nfc", "max_nfc", "log_every",
+                     "patch_size", "patch_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr_g", "lr_d", "coarsest_noise_amp", "noise_amp_factor"):
@@ -187,6 +214,14 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
                                   f"got {getattr(self, name)!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.patch_size > self.min_size:
+            raise ConfigError(f"patch_size {self.patch_size} px is larger than the coarsest "
+                              f"scale (min_size {self.min_size} px)")
+        if self.patches < 2:
+            raise ConfigError(f"patches must be at least 2 (the Fréchet loss's covariance "
+                              f"needs two), got {self.patches}")
         check_seed(self.seed)
         parse_device(self.device)  # its presence here is checked when training starts
         return self
@@ -242,12 +277,13 @@ def gradient_penalty(critic: Discriminator, real: torch.Tensor, fake: torch.Tens
 
 @dataclass
 class _ScaleJob:
-    """Everything one scale's training needs; ``pyramid`` holds the frozen coarser scales."""
+    """Everything one scale's training needs; ``pyramid`` holds the frozen coarser scales.
+    ``critic`` is ``None`` for an explicit loss."""
 
     scale: int
     pyramid: TrainedPyramid
     generator: Generator
-    critic: Discriminator
+    critic: Discriminator | None
     noise_amp: float
     rec_previous: torch.Tensor  # up-sampled frozen reconstruction from scale + 1 (or zeros)
     rng: torch.Generator
@@ -266,33 +302,29 @@ def _random_previous(job: _ScaleJob) -> torch.Tensor:
     return resize(coarse, pyramid.shapes[scale])
 
 
-def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list[dict[str, float]]:
-    """Train ``job.generator`` and ``job.critic`` for ``config.iters`` iterations."""
-    real = job.pyramid.reals[job.scale]
-    autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
-    gen, critic = job.generator.train(), job.critic.train()
-    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
-    drop_at = math.ceil(config.lr_drop_at * config.iters)
-    rec_input = job.noise_amp * job.pyramid.reconstruction_noise(job.scale) + job.rec_previous
-    rows: list[dict[str, float]] = []
-    critic_steps = 0
-    gp = torch.zeros((), device=real.device)  # the last penalty computed, for the history
-    start = time.perf_counter()
-    for it in range(config.iters):
-        if it == drop_at:
-            for opt in (opt_g, opt_d):
-                for group in opt.param_groups:
-                    group["lr"] *= config.lr_drop_factor
-        with autocast:
-            previous = _random_previous(job)
-        noisy = job.noise_amp * draw_noise(tuple(real.shape), job.rng, real.device) + previous
+class _CriticObjective:
+    """WGAN-GP, the paper's: ``d_steps`` critic updates per iteration on one fake, then the
+    generator's adversarial term ``-mean D(fake)``."""
+
+    def __init__(self, critic: Discriminator, real: torch.Tensor, config: TrainConfig,
+                 rng: torch.Generator, autocast: torch.autocast) -> None:
+        self.critic, self.real, self.config = critic.train(), real, config
+        self.rng, self.autocast = rng, autocast
+        self.optimisers = [torch.optim.Adam(critic.parameters(), lr=config.lr_d,
+                                            betas=config.betas)]
+        self.steps = 0
+        self.gp = torch.zeros((), device=real.device)  # the last penalty computed, for history
+
+    def update(self, make_fake: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration's critic steps; the last step's critic loss and the last penalty."""
+        config, critic, real, autocast = self.config, self.critic, self.real, self.autocast
         # G is not updated during the critic steps, so one fake serves all of them.
         with torch.no_grad(), autocast:
-            fake = gen(noisy, previous)
+            fake = make_fake()
         critic.requires_grad_(True)
         # Each loss is back-propagated as soon as it is built, so that only one graph is alive
         # at a time (peak memory); the gradients add up in the parameters.
+        (opt_d,) = self.optimisers
         for _ in range(config.d_steps):
             opt_d.zero_grad(set_to_none=True)
             with autocast:
@@ -302,19 +334,67 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
                 d_fake = critic(fake).float().mean()
             d_fake.backward()
             d_loss = d_fake.detach() - d_real.detach()
-            if config.gp_weight > 0 and critic_steps % config.gp_every == 0:
+            if config.gp_weight > 0 and self.steps % config.gp_every == 0:
                 with autocast:
-                    gp = gradient_penalty(critic, real, fake, job.rng)
-                penalty = config.gp_weight * config.gp_every * gp
+                    self.gp = gradient_penalty(critic, real, fake, self.rng)
+                penalty = config.gp_weight * config.gp_every * self.gp
                 penalty.backward()
                 d_loss = d_loss + penalty.detach()
-            critic_steps += 1
+            self.steps += 1
             opt_d.step()
         critic.requires_grad_(False)  # G steps need gradients w.r.t. the input only
+        return d_loss, self.gp
+
+    def generator_term(self, fake: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            return -self.critic(fake).float().mean()
+
+
+class _PatchObjective:
+    """An explicit patch loss (:class:`~medsingan.model.patch_losses.PatchLoss`): nothing to
+    update, the generator's term is the loss of its fake (in float32, outside autocast)."""
+
+    def __init__(self, real: torch.Tensor, config: TrainConfig, rng: torch.Generator) -> None:
+        self.loss = PatchLoss(config.loss, real, size=config.patch_size,
+                              stride=config.patch_stride, patches=config.patches, rng=rng)
+        self.optimisers: list[torch.optim.Optimizer] = []
+        self.none = torch.full((), math.nan, device=real.device)  # no critic loss or penalty
+
+    def update(self, make_fake: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.none, self.none
+
+    def generator_term(self, fake: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(fake.device.type, enabled=False):
+            return self.loss(fake.float())
+
+
+def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list[dict[str, float]]:
+    """Train ``job.generator`` (and ``job.critic``, if any) for ``config.iters`` iterations."""
+    real = job.pyramid.reals[job.scale]
+    autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
+    gen = job.generator.train()
+    objective: _CriticObjective | _PatchObjective = (
+        _PatchObjective(real, config, job.rng) if job.critic is None
+        else _CriticObjective(job.critic, real, config, job.rng, autocast))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
+    drop_at = math.ceil(config.lr_drop_at * config.iters)
+    rec_input = job.noise_amp * job.pyramid.reconstruction_noise(job.scale) + job.rec_previous
+    rows: list[dict[str, float]] = []
+    start = time.perf_counter()
+    for it in range(config.iters):
+        if it == drop_at:
+            for opt in (opt_g, *objective.optimisers):
+                for group in opt.param_groups:
+                    group["lr"] *= config.lr_drop_factor
+        with autocast:
+            previous = _random_previous(job)
+        noisy = job.noise_amp * draw_noise(tuple(real.shape), job.rng, real.device) + previous
+        d_loss, gp = objective.update(lambda: gen(noisy, previous))  # noqa: B023 (called here)
         for _ in range(config.g_steps):
             opt_g.zero_grad(set_to_none=True)
             with autocast:
-                g_adv = -critic(gen(noisy, previous)).float().mean()
+                fake = gen(noisy, previous)
+            g_adv = objective.generator_term(fake)
             g_adv.backward()
             with autocast, torch.set_grad_enabled(config.alpha > 0):
                 rec = F.mse_loss(gen(rec_input, job.rec_previous).float(), real)
@@ -365,7 +445,7 @@ class _Reporter:
         if self.live is not None:
             self.live.add_row(row)
         if self._progress is not None:
-            losses = f"D {row['d_loss']:+.3f} G {row['g_adv']:+.3f} rec {row['rec_loss']:.4f}"
+            losses = f"{_adversarial(row, 3, generator=True)} rec {row['rec_loss']:.4f}"
             self._progress.update(self._task, completed=done, losses=losses)
 
     def finished(self, scale: int, shape: tuple[int, int], width: int, amp: float,
@@ -378,9 +458,17 @@ class _Reporter:
             self.console.print(
                 f"scale {scale}/{self.num_scales - 1}  {shape[0]}x{shape[1]} px  width {width}  "
                 f"noise amp {amp:.4f}  rec MSE {last['rec_loss']:.5f}  "
-                f"D {last['d_loss']:+.4f}  {last['seconds']:.1f} s  "
+                f"{_adversarial(last, 4, generator=False)}  {last['seconds']:.1f} s  "
                 f"patch SWD {median(scores['patch_swd']):.4g}"
                 + ("" if sifid is None else f"  SIFID {sifid:.4g}"), soft_wrap=True)
+
+
+def _adversarial(row: dict[str, float], digits: int, generator: bool) -> str:
+    """A history row's critic (and generator) terms, or its patch loss (no critic: ``nan``)."""
+    if math.isnan(row["d_loss"]):
+        return f"patch {row['g_adv']:.{digits + 1}f}"
+    critic = f"D {row['d_loss']:+.{digits}f}"
+    return f"{critic} G {row['g_adv']:+.{digits}f}" if generator else critic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,7 +633,8 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tenso
         raise RunDirError(f"{run_dir} already holds a run; use --resume to continue it or "
                           "--overwrite to replace it")
     stored = _read_config(run_dir)
-    old, new = stored["train"], config.to_dict()
+    # a run written before a setting existed was trained with its default
+    old, new = TrainConfig.from_dict(stored["train"]).to_dict(), config.to_dict()
     changed = [k for k in new if k not in _RESUME_MUTABLE and old.get(k) != new[k]]
     if changed:
         diffs = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
@@ -635,7 +724,7 @@ def train(
                             config.scale_factor)
     if not 0 <= last_scale < len(shapes):
         raise ConfigError(f"last_scale must lie in 0..{len(shapes) - 1}, got {last_scale}")
-    reals = build_image_pyramid(image, shapes)
+    reals = build_image_pyramid(image, shapes, mask_channels(extra_config))  # masks: nearest
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: choose one")
@@ -670,7 +759,7 @@ def train(
         pyramid = TrainedPyramid(reals=reals, z_star=z_star)
         metadata["progress"] = {}
         _write_json(run_dir / CONFIG_FILE, metadata)
-    else:
+    elif config.loss == DEFAULT_LOSS:
         critics = _load_critics(run_dir, pyramid)
     pyramid.to(device)
     pyramid.metadata = metadata
@@ -694,7 +783,8 @@ def train(
                 rows = _train_scale(job, config, report)
             pyramid.generators[scale] = generator.eval().requires_grad_(False)
             pyramid.noise_amps[scale] = amp
-            critics[scale] = critic.eval().requires_grad_(False)
+            if critic is not None:
+                critics[scale] = critic.eval().requires_grad_(False)
             _trim_heap()
             history += rows
             seconds = time.perf_counter() - started
@@ -740,18 +830,22 @@ def _load_critics(run_dir: Path, pyramid: TrainedPyramid) -> dict[int, Discrimin
 
 def _init_networks(spec: NetSpec, pyramid: TrainedPyramid, critics: dict[int, Discriminator],
                    scale: int, config: TrainConfig, device: torch.device
-                   ) -> tuple[Generator, Discriminator]:
-    """Fresh networks for ``scale``: copies of the coarser scale's when the widths match."""
-    generator, critic = Generator(spec), Discriminator(spec)
+                   ) -> tuple[Generator, Discriminator | None]:
+    """Fresh networks for ``scale``: copies of the coarser scale's when the widths match. No
+    critic (``None``) for an explicit loss."""
+    generator = Generator(spec)
+    critic = Discriminator(spec) if config.loss == DEFAULT_LOSS else None
     coarser = pyramid.generators.get(scale + 1)
     if coarser is not None and coarser.spec == spec:
         generator.load_state_dict(coarser.state_dict())
-        critic.load_state_dict(critics[scale + 1].state_dict())
+        if critic is not None:
+            critic.load_state_dict(critics[scale + 1].state_dict())
     else:
         init_rng = seeded_generator(config.seed, Stream.INIT, scale)
         init_weights(generator, init_rng)
-        init_weights(critic, init_rng)
-    return generator.to(device), critic.to(device)
+        if critic is not None:
+            init_weights(critic, init_rng)
+    return generator.to(device), None if critic is None else critic.to(device)
 
 
 def _reconstruction_start(pyramid: TrainedPyramid, scale: int, config: TrainConfig
@@ -768,9 +862,11 @@ def _reconstruction_start(pyramid: TrainedPyramid, scale: int, config: TrainConf
 def _save_scale(run_dir: Path, pyramid: TrainedPyramid, critics: dict[int, Discriminator],
                 history: list[dict[str, float]], metadata: dict[str, Any], scale: int,
                 seed: int, scorer: ScaleScorer, score_samples: int) -> dict[str, Any]:
-    """Persist a finished scale: critics first, then the weights (the commit point), then the
-    human-facing files; returns the scale's sample scores (also in ``metadata``)."""
-    save_networks(run_dir / RESUME_FILE, "discriminator", critics)
+    """Persist a finished scale: critics first (none for an explicit loss), then the weights
+    (the commit point), then the human-facing files; returns the scale's sample scores (also
+    in ``metadata``)."""
+    if critics:
+        save_networks(run_dir / RESUME_FILE, "discriminator", critics)
     save_pyramid(run_dir / WEIGHTS_FILE, pyramid)
     _write_history(run_dir / HISTORY_FILE, history)
     # the sheet shows the first 3 of the scored samples (sample i depends on (seed, i) only)

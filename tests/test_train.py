@@ -1,7 +1,9 @@
-"""Training on a real CT slice: reconstruction, samples, run directory, resume, errors."""
+"""Training on a real CT slice: reconstruction, samples, run directory, resume, errors; the
+explicit patch losses that replace the critic (``loss``)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -13,10 +15,15 @@ import torch
 from safetensors.torch import load_file
 
 from medsingan import train as train_module
+from medsingan.augment import AugmentRequest, augment
 from medsingan.errors import ConfigError, RunDirError, TrainingInterrupted
 from medsingan.generate import reconstruct, sample
+from medsingan.manifest import read_manifest
+from medsingan.manipulate import SuperResolveRequest, super_resolve
 from medsingan.pyramid import resize
+from medsingan.runs import train_scan
 from medsingan.train import TrainConfig, load_run, run_summary, train
+from tests.cli.in_process import assert_one_line_error_in_process, run_in_process
 from tests.conftest import dicom_file
 
 # 128 x 128 CT at max side 32 -> 3 scales (32, 29, 25): tiny but a real pyramid.
@@ -163,7 +170,14 @@ def test_last_scale_stops_early_and_resume_finishes(ct_image, tmp_path):
     partial = train(ct_image, config, tmp_path, progress=False, last_scale=1)
     assert sorted(partial.generators) == [1, 2]
     assert not run_summary(tmp_path)["complete"]
+    # a run written before the explicit losses existed: their defaults (WGAN-GP) apply
+    stored = json.loads((tmp_path / "config.json").read_text())
+    for key in ("loss", "patch_size", "patch_stride", "patches"):
+        del stored["train"][key]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert run_summary(tmp_path)["train"].get("loss") is None
     assert train(ct_image, config, tmp_path, resume=True, progress=False).is_complete
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["loss"] == "wgan-gp"
 
 
 def test_existing_run_is_not_overwritten_by_accident(ct_image, tmp_path):
@@ -199,7 +213,8 @@ def test_every_option_trains(ct_image, tmp_path, option):
     "option",
     [{"max_size": 20, "min_size": 25}, {"scale_factor": 1.2}, {"scale_factor": 0.0},
      {"iters": 0}, {"lr_g": -1.0}, {"norm": "layer"}, {"gp_every": 0}, {"device": "toaster"},
-     {"min_size": 9}],
+     {"min_size": 9}, {"loss": "hinge"}, {"patch_size": 26}, {"patch_size": 0}, {"patches": 0},
+     {"patches": 1}, {"patch_stride": 0}],
 )
 def test_bad_hyper_parameters_raise_one_line_config_errors(option):
     with pytest.raises(ConfigError) as info:
@@ -234,3 +249,93 @@ def test_missing_or_corrupt_run_directories_raise_run_dir_errors(ct_image, tmp_p
     with pytest.raises(RunDirError, match="corrupt") as info:
         load_run(run_dir)
     assert "\n" not in str(info.value)
+
+
+# --- explicit patch losses instead of the critic ------------------------------------------
+
+EXPLICIT = ("frechet", "nn-patch", "aligned-nn")
+# the 128 x 128 CT file at 32 px: 3 scales (32, 29, 25)
+EXPLICIT_TINY = {"max_size": 32, "min_size": 25, "nfc": 8, "max_nfc": 8, "iters": 20,
+                 "log_every": 1, "device": "cpu"}
+
+
+def _train_explicit(run_dir: Path, loss: str, **kwargs) -> Path:
+    train_scan(dicom_file("CT_small.dcm"), run_dir, progress=False,
+               overrides=EXPLICIT_TINY | {"loss": loss}, **kwargs)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def explicit_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny run of each explicit loss, on the real CT file as ``train`` reads it."""
+    folder = tmp_path_factory.mktemp("explicit")
+    return {loss: _train_explicit(folder / loss, loss) for loss in EXPLICIT}
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "history.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("loss", EXPLICIT)
+def test_explicit_losses_train_without_a_critic(explicit_runs, loss):
+    run_dir = explicit_runs[loss]
+    stored = json.loads((run_dir / "config.json").read_text())["train"]
+    assert (stored["loss"], stored["patch_size"], stored["patch_stride"], stored["patches"]) \
+        == (loss, 7, 1, 2048)
+    assert not (run_dir / "resume_state.safetensors").exists()  # no critic to keep
+    rows = _history(run_dir)
+    assert {row["scale"] for row in rows} == {"0", "1", "2"}
+    for scale in ("2", "1", "0"):  # every scale's reconstruction improves while it trains
+        ours = [row for row in rows if row["scale"] == scale]
+        assert len(ours) == 20
+        assert float(ours[-1]["rec_loss"]) < float(ours[0]["rec_loss"])
+        assert all(math.isnan(float(r["d_loss"])) and float(r["g_adv"]) >= 0 for r in ours)
+
+
+@pytest.mark.parametrize("loss", EXPLICIT)
+def test_explicit_loss_samples_differ_from_the_scan_and_each_other(explicit_runs, loss):
+    pyramid = load_run(explicit_runs[loss])
+    real = pyramid.reals[0][0]
+    samples = sample(pyramid, 3, seed=2)
+    assert all(_psnr(s, real) < 30.0 for s in samples)
+    assert not torch.allclose(samples[0], samples[1], atol=1e-3)
+    assert _psnr(reconstruct(pyramid), real) > max(_psnr(s, real) for s in samples)
+
+
+def test_an_explicit_loss_run_resumes_to_the_uninterrupted_weights(explicit_runs, tmp_path):
+    run_dir = _train_explicit(tmp_path / "run", "nn-patch", last_scale=1)
+    assert load_run(run_dir).finest_trained == 1
+    _train_explicit(run_dir, "nn-patch", resume=True)
+    whole = load_file(str(explicit_runs["nn-patch"] / "weights.safetensors"))
+    resumed = load_file(str(run_dir / "weights.safetensors"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(RunDirError, match="loss 'nn-patch' -> 'frechet'"):
+        _train_explicit(run_dir, "frechet", resume=True)
+
+
+def test_samples_and_edits_of_an_explicit_loss_run_name_it(explicit_runs, tmp_path):
+    run_dir = explicit_runs["aligned-nn"]
+    drawn = augment(AugmentRequest(run_dir=run_dir, n=2, out=tmp_path / "samples",
+                                   manifest=tmp_path / "samples.csv", sifid=False,
+                                   progress=False, device="cpu"))
+    assert read_manifest(drawn.manifest)["engine"].tolist() == ["singan-aligned-nn"] * 2
+    assert drawn.summary["engine"] == "singan-aligned-nn"
+    larger = super_resolve(SuperResolveRequest(run_dir=run_dir, factor=1.5,
+                                               out=tmp_path / "sr",
+                                               manifest=tmp_path / "sr.csv"))
+    assert read_manifest(larger.manifest)["engine"].tolist() == ["singan-aligned-nn"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("--loss", "hinge"), "--loss"),
+    (("--loss", "nn-patch", "--patch-size", "26"), "patch_size 26 px is larger"),
+    (("--loss", "frechet", "--patches", "0"), "patches must be at least 2"),
+])
+def test_bad_loss_settings_stop_in_one_line_before_writing(tmp_path, monkeypatch, capsys,
+                                                            args, fragment):
+    result = run_in_process(monkeypatch, capsys, "train", dicom_file("CT_small.dcm"),
+                            "--out", tmp_path / "run", "--max-size", "32", "--quiet", *args)
+    assert_one_line_error_in_process(result, fragment)
+    assert not (tmp_path / "run").exists()
