@@ -141,6 +141,8 @@ class AugmentRequest:
     volume: int | None = None
     max_size: int | None = None
     max_copy: float = DEFAULT_MAX_COPY
+    # check every setting and the output folder and manifest, then return without writing
+    dry_run: bool = False
 
 
 @dataclass
@@ -483,6 +485,8 @@ def augment(request: AugmentRequest) -> AugmentResult:
                 "sifid_variant": scorer.variant if scorer else None}
     _check_settings(out, settings, request.overwrite)
     check_appendable(manifest)
+    if request.dry_run:
+        return AugmentResult(out=out, manifest=manifest)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / SETTINGS_FILE) as tmp:

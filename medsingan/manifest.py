@@ -480,6 +480,18 @@ def _append_rows(path: Path, rows: Iterable[ManifestRow],
     return written
 
 
+def remove_rows(manifest_path: str | os.PathLike[str], images: Iterable[str]) -> int:
+    """Drop the rows of ``images`` (paths relative to the manifest), atomically; return how
+    many went. Used when a scale sweep keeps only its best scale's outputs."""
+    path = Path(manifest_path)
+    wanted = {_normalise(str(image)) for image in images}
+    with _updating(path):
+        header, records = _read_records(path)
+        kept = [record for record in records if _normalise(record["image"]) not in wanted]
+        _write_records(path, header, kept)
+    return len(records) - len(kept)
+
+
 def set_column(manifest_path: str | os.PathLike[str], images: Iterable[str], column: str,
                value: object) -> int:
     """Set ``column`` to ``value`` in the rows of ``images`` (paths relative to the manifest),

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from medsingan.augment import (
     load_complete_run,
     missing_source_warning,
     parse_scale,
+    run_engine,
     source_meta,
 )
 from medsingan.errors import ConfigError, ScanWriteError, UnsupportedScanError, warn_user
@@ -62,12 +64,25 @@ from medsingan.io.atomic import atomic_path
 from medsingan.io.dicom import source_warnings
 from medsingan.manifest import ManifestRow, append_rows, check_appendable, relative_to_manifest
 from medsingan.metrics.diversity import similarity_to_source
+from medsingan.metrics.sifid import DEFAULT_VARIANT
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.noise import Stream, check_seed, draw_noise, seeded_generator
 from medsingan.model.previews import save_sample_sheet
+from medsingan.monitor import MonitorOptions, ScaleScorer, training_sifid
 from medsingan.preprocess import IntensityMapping
 from medsingan.pyramid import resize
 from medsingan.roi import RegionCanvas, blend, blend_margin, blend_mask, output_image
+from medsingan.sweep import (
+    Criterion,
+    ScaleOutcome,
+    SweepResult,
+    Tile,
+    check_pick,
+    check_sweep_folder,
+    finish,
+    is_sweep,
+    mean,
+)
 
 # A composite or painting may differ this much (relative) in aspect ratio from the run's scan.
 _ASPECT_TOLERANCE = 0.05
@@ -266,6 +281,11 @@ class ManipulationRequest:
     intensity: str = "scan"
     overwrite: bool = False
     keep_identifiers: bool = False
+    # SIFID to the run's scan is scored when the variant's weights are found (patch SWD always)
+    inception_weights: Path | None = None
+    sifid_variant: str = DEFAULT_VARIANT
+    # "best" with inject_scale "all": keep only the best-scoring scale's outputs
+    pick: str | None = None
 
 
 @dataclass
@@ -303,6 +323,8 @@ class ManipulationResult:
     seam: dict[str, Any] | None = None
     images: torch.Tensor | None = None
     region: str | None = None
+    # patch SWD and SIFID of each output to the run's scan (ScaleScorer's dict), when scored
+    scores: dict[str, Any] | None = None
 
 
 @dataclass
@@ -318,6 +340,7 @@ class _Run:
     split: str
     subject: str
     suffix: str
+    scorer: ScaleScorer
     canvas: RegionCanvas | None = None
 
     @property
@@ -332,6 +355,9 @@ def _open_run(request: ManipulationRequest) -> _Run:
     if request.intensity not in INTENSITIES:
         raise ConfigError(f"--intensity must be scan or display, not '{request.intensity}'")
     pyramid, extra = load_complete_run(request.run_dir)
+    options = MonitorOptions(sifid_variant=request.sifid_variant,
+                             inception_weights=request.inception_weights).validate()
+    scorer = ScaleScorer(training_sifid(options, pyramid.device))
     meta = source_meta(extra, request.keep_identifiers)
     cohort = dict(extra.get("cohort") or {})
     label = request.label if request.label is not None else cohort.get("label", "")
@@ -342,7 +368,7 @@ def _open_run(request: ManipulationRequest) -> _Run:
     return _Run(run_dir=Path(request.run_dir), pyramid=pyramid, extra=extra, mapping=mapping,
                 label=label, split=cohort.get("split", ""),
                 subject=cohort.get("subject_id") or f"src-{meta.sha256[:12]}",
-                suffix=FORMAT_SUFFIX[meta.format], canvas=canvas)
+                suffix=FORMAT_SUFFIX[meta.format], scorer=scorer, canvas=canvas)
 
 
 def _read_unit(path: Path, run: _Run, intensity: str, what: str) -> torch.Tensor:
@@ -493,7 +519,12 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     same_size = tuple(images.shape[-2:]) == run.pyramid.shapes[0]
     similarity = (similarity_to_source(images, run.real.cpu()) if same_size
                   else [None] * len(images))
+    scores = run.scorer(run.real.cpu(), images) if same_size else None
+    sifids = scores["sifid"] if scores and scores["sifid"] else [None] * len(images)
+    variant = scores["sifid_variant"] if scores and scores["sifid"] else ""
     extra = dict(extra or {})
+    if scores is not None:
+        extra["patch_swd"] = scores["patch_swd"]
     written: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -519,11 +550,13 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
                 source_image=meta.source_path, subject_id=run.subject,
                 modality=str(run.extra.get("modality_preset", "")), method=method,
                 model=relative_to_manifest(run.run_dir.resolve(), manifest),
-                start_scale=start_scale, seed=request.seed, similarity_to_source=similarity[k],
+                start_scale=start_scale, seed=request.seed, sifid=sifids[k],
+                sifid_variant=variant, similarity_to_source=similarity[k],
                 height=physical.shape[0], width=physical.shape[1],
                 extra={"sample_index": k, **{key: (v[k] if isinstance(v, list) else v)
                                              for key, v in extra.items()},
-                       "intensity_window": run.mapping.interval(meta.units)}))
+                       "intensity_window": run.mapping.interval(meta.units),
+                       "engine": run_engine(run.pyramid)}))
         append_rows(manifest, rows, on_existing="replace")
     except BaseException as exc:
         for path in written:  # no output without its manifest row
@@ -535,7 +568,8 @@ def _write(request: ManipulationRequest, run: _Run, method: str, images: torch.T
     save_sample_sheet(grid, [s.detach().cpu() for s in sheet], columns=len(sheet))
     return ManipulationResult(out=out, manifest=manifest, written=names, mask=mask_path,
                               grid=grid, inject_scale=start_scale, images=images,
-                              region=None if run.canvas is None else str(run.canvas.region))
+                              region=None if run.canvas is None else str(run.canvas.region),
+                              scores=scores)
 
 
 def _inject_scale(text: str | int, pyramid: TrainedPyramid) -> int:
@@ -548,15 +582,10 @@ def _inject_scale(text: str | int, pyramid: TrainedPyramid) -> int:
     return scale
 
 
-def _edit(request: EditRequest, mode: str) -> ManipulationResult:
-    run = _open_run(request)
-    insertion = _insertion(request, run)
+def _edit_at(request: EditRequest, run: _Run, insertion: Insertion, mode: str,
+             scale: int) -> ManipulationResult:
+    """One edit or harmonization at injection scale ``scale`` (the single-scale path)."""
     pyramid = run.pyramid
-    scale = (default_inject_scale(pyramid, insertion.box) if request.inject_scale is None
-             else _inject_scale(request.inject_scale, pyramid))
-    if request.label is None or not request.label.strip():
-        raise ConfigError(f"{mode} inserts a finding: name it with --label (e.g. fracture); "
-                          f"the source's label would no longer describe the image")
     weight = blend_mask(insertion.mask.to(pyramid.device), mode)
     if run.canvas is not None:
         run.canvas.check_within(weight, blend_margin(pyramid.shapes[0], mode))
@@ -576,34 +605,125 @@ def _edit(request: EditRequest, mode: str) -> ManipulationResult:
     return result
 
 
-def edit(request: EditRequest) -> ManipulationResult:
+def _edit(request: EditRequest, mode: str) -> ManipulationResult | SweepResult:
+    run = _open_run(request)
+    insertion = _insertion(request, run)
+    if request.label is None or not request.label.strip():
+        raise ConfigError(f"{mode} inserts a finding: name it with --label (e.g. fracture); "
+                          f"the source's label would no longer describe the image")
+    if is_sweep(request.inject_scale):
+        naive_excess = (seam_score(insertion.composite, insertion.mask, run.real)
+                        - seam_score(run.real, insertion.mask, run.real))
+        reference = [Tile(run.real.cpu(), ["source"]),
+                     Tile(insertion.composite.cpu(),
+                          ["naive paste", f"seam excess {naive_excess:+.3f}"])]
+        return _sweep(request, run, mode, True, Criterion(
+            "seam_excess_abs_mean", "mean |seam excess|"), reference,
+            lambda scale_request, scale: _edit_at(scale_request, run, insertion, mode, scale))
+    check_pick(request.pick, False, "--inject-scale")
+    scale = (default_inject_scale(run.pyramid, insertion.box) if request.inject_scale is None
+             else _inject_scale(request.inject_scale, run.pyramid))
+    return _edit_at(request, run, insertion, mode, scale)
+
+
+def edit(request: EditRequest) -> ManipulationResult | SweepResult:
     """Insert a finding (``lesion`` at ``at``, or a ``composite`` and its ``mask``) so that it
     looks native; writes ``request.n`` variants, the mask, ``edit_grid.png`` (original | naive
-    paste | results) and manifest rows with the box and mask columns."""
+    paste | results) and manifest rows with the box and mask columns. With ``inject_scale``
+    ``"all"``, the same at every scale ``1 .. N-1`` (:func:`_sweep`)."""
     return _edit(request, "edit")
 
 
-def harmonize(request: EditRequest) -> ManipulationResult:
+def harmonize(request: EditRequest) -> ManipulationResult | SweepResult:
     """Like :func:`edit` with the harmonization blend (narrower margin): the pasted object
     keeps its shape and takes on the scan's appearance."""
     return _edit(request, "harmonize")
 
 
-def paint(request: PaintRequest) -> ManipulationResult:
-    """Turn a coarse drawing of anatomy (the scan's aspect ratio, any size) into texture: it is
-    down-sampled and injected at ``inject_scale`` (default ``N-1``); no blending, except that a
-    region run's painting replaces its region with the region taper at the border."""
-    run = _open_run(request)
-    if request.paint is None:
-        raise ConfigError("paint needs --paint FILE (a coarse drawing of the scan)")
+def _paint_at(request: PaintRequest, run: _Run, painting: torch.Tensor,
+              scale: int) -> ManipulationResult:
+    """One painting injected at ``scale`` (the single-scale path)."""
     pyramid = run.pyramid
-    scale = _inject_scale(request.inject_scale, pyramid)
-    painting = _read_unit(request.paint, run, request.intensity, "the painting")
-    _check_aspect(tuple(painting.shape[-2:]), pyramid.shapes[0], "the painting")
     _targets(request, run, "paint", with_mask=False)
     results = inject(pyramid, painting, scale, request.seed, list(range(request.n)))
     shown = resize(painting, pyramid.shapes[0]).clamp(-1, 1)
     return _write(request, run, "paint", results, scale, [run.real, shown, *results.split(1)])
+
+
+def paint(request: PaintRequest) -> ManipulationResult | SweepResult:
+    """Turn a coarse drawing of anatomy (the scan's aspect ratio, any size) into texture: it is
+    down-sampled and injected at ``inject_scale`` (default ``N-1``; ``"all"``: every scale
+    ``1 .. N-1``, :func:`_sweep`); no blending, except that a region run's painting replaces
+    its region with the region taper at the border."""
+    run = _open_run(request)
+    if request.paint is None:
+        raise ConfigError("paint needs --paint FILE (a coarse drawing of the scan)")
+    pyramid = run.pyramid
+    sweeping = is_sweep(request.inject_scale)
+    check_pick(request.pick, sweeping, "--inject-scale")
+    scale = None if sweeping else _inject_scale(request.inject_scale, pyramid)
+    painting = _read_unit(request.paint, run, request.intensity, "the painting")
+    _check_aspect(tuple(painting.shape[-2:]), pyramid.shapes[0], "the painting")
+    if scale is not None:
+        return _paint_at(request, run, painting, scale)
+    shown = resize(painting, pyramid.shapes[0]).clamp(-1, 1).cpu()
+    return _sweep(request, run, "paint", False, None,
+                  [Tile(run.real.cpu(), ["source"]), Tile(shown, ["drawing"])],
+                  lambda scale_request, scale: _paint_at(scale_request, run, painting, scale))
+
+
+def _sweep(request: ManipulationRequest, run: _Run, method: str, with_mask: bool,
+           criterion: Criterion | None, reference: list[Tile],
+           single: Callable[[Any, int], ManipulationResult]) -> SweepResult:
+    """``single`` (a command's single-scale path) at every injection scale ``1 .. N-1``, into
+    ``<out>/scale_<S>`` [out default: ``RUN/<method>_sweep``]; every scale's targets are
+    checked before the first is made. ``criterion`` ``None``: the mean SIFID to the run's scan
+    where every scale has it, else the mean patch SWD (see :mod:`medsingan.sweep`)."""
+    coarsest = run.pyramid.coarsest
+    if coarsest - 1 < 1:
+        raise ConfigError(f"--inject-scale all sweeps the scales 1..N-1, but this run has "
+                          f"scales 0..{coarsest} (N = {coarsest}): none to sweep; give one "
+                          "--inject-scale")
+    check_pick(request.pick, True, "--inject-scale")
+    out = Path(request.out or run.run_dir / f"{method}_sweep")
+    check_sweep_folder(out, method, request.overwrite)
+    scales = list(range(1, coarsest))
+    requests = {s: replace(request, inject_scale=s, out=out / f"scale_{s}") for s in scales}
+    for scale_request in requests.values():
+        _targets(scale_request, run, method, with_mask)
+    results = {s: single(requests[s], s) for s in scales}
+    manifest = results[scales[0]].manifest
+    if criterion is None:
+        by_sifid = all(r.scores and r.scores["sifid"] for r in results.values())
+        criterion = (Criterion("sifid_mean", f"mean SIFID "
+                               f"({results[scales[0]].scores['sifid_variant']})")
+                     if by_sifid else Criterion("patch_swd_mean", "mean patch SWD"))
+    outcomes = [_outcome(s, results[s], manifest, criterion) for s in scales]
+    return finish(out, manifest, method, "--inject-scale", criterion, outcomes, request.pick,
+                  reference, settings={"n": request.n, "seed": request.seed})
+
+
+def _outcome(scale: int, result: ManipulationResult, manifest: Path,
+             criterion: Criterion) -> ScaleOutcome:
+    """One scale's outputs as a sweep outcome: each image captioned with its scores."""
+    scores = result.scores or {}
+    swd = scores.get("patch_swd") or [None] * len(result.written)
+    sifid = scores.get("sifid") or [None] * len(result.written)
+    excess = result.seam["result_excess"] if result.seam else [None] * len(result.written)
+    values = {"seam_excess_abs_mean": [None if e is None else abs(e) for e in excess],
+              "sifid_mean": sifid, "patch_swd_mean": swd}
+    tiles = []
+    for k, image in enumerate(result.images.split(1)):
+        caption = [] if excess[k] is None else [f"seam excess {excess[k]:+.3f}"]
+        caption.append(f"SWD {swd[k]:.4g}" if swd[k] is not None else "SWD -")
+        if sifid[k] is not None:
+            caption.append(f"SIFID {sifid[k]:.4g}")
+        tiles.append(Tile(image, caption))
+    files = [*result.written, *(p for p in (result.mask, result.grid) if p is not None)]
+    return ScaleOutcome(
+        scale=scale, score=mean(values[criterion.name]), tiles=tiles, files=files,
+        listed=[relative_to_manifest(p.resolve(), manifest) for p in result.written],
+        folder=result.out, details={name: mean(v) for name, v in values.items()})
 
 
 def super_resolve(request: SuperResolveRequest) -> ManipulationResult:

@@ -9,10 +9,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from medsingan.cli_options import KeepIdsOpt, LabelOpt, ManifestOpt, RunArg
+from medsingan.cli_options import (
+    KeepIdsOpt,
+    LabelOpt,
+    ManifestOpt,
+    RunArg,
+    SifidVariant,
+    VariantOpt,
+)
 
 if TYPE_CHECKING:
     from medsingan.manipulate import ManipulationResult
+    from medsingan.sweep import SweepResult
 
 
 class Intensity(str, Enum):
@@ -50,12 +58,49 @@ MaskOpt = Annotated[Path | None, typer.Option(
     "--mask", exists=True, dir_okay=False, help="Mask of the composite's size, non-zero where "
     "it was edited.", show_default=False)]
 InjectOpt = Annotated[str | None, typer.Option(
-    "--inject-scale", help="Scale the composite is injected at: N-k (k >= 1) or an index "
-    "(0 = finest) [default: the coarsest scale where the edited box still spans 5 px, "
-    "within 1..N-1].", show_default=False)]
+    "--inject-scale", help="Scale the composite is injected at: N-k (k >= 1), an index "
+    "(0 = finest), or all (one sweep: every scale 1..N-1 into OUT/scale_S, scored, with "
+    "OUT/sweep.png and OUT/summary.json) [default: the coarsest scale where the edited box "
+    "still spans 5 px, within 1..N-1].", show_default=False)]
+EditPickOpt = Annotated[str | None, typer.Option(
+    "--pick", help="With --inject-scale all: best keeps only the outputs (files and manifest "
+    "rows) of the scale with the lowest mean |seam excess| (0: the seam is as sharp as the "
+    "scan's own detail there).", show_default=False)]
+PaintPickOpt = Annotated[str | None, typer.Option(
+    "--pick", help="With --inject-scale all: best keeps only the outputs (files and manifest "
+    "rows) of the scale with the lowest mean SIFID to the run's scan (the lowest mean patch "
+    "SWD without Inception weights).", show_default=False)]
+ScoreWeightsOpt = Annotated[Path | None, typer.Option(
+    "--inception-weights", help="Inception weights of the SIFID variant: each output's SIFID "
+    "to the run's scan is scored when they are found [default: $MEDSINGAN_INCEPTION_WEIGHTS, "
+    "else torch's hub cache; none there: patch SWD only].", show_default=False)]
 
 
-def _report(result: ManipulationResult) -> None:
+def report_sweep(result: SweepResult) -> None:
+    """Print a sweep: each scale's score, the best scale and what was kept."""
+    criterion = result.criterion.description
+    typer.echo(f"{result.command} {result.option} all: {len(result.outcomes)} scale(s), "
+               f"{criterion} (lower is better)")
+    for outcome in result.outcomes:
+        score = "-" if outcome.score is None else f"{outcome.score:.4g}"
+        note = "" if outcome.eligible else "  (copies the scan: not picked)"
+        typer.echo(f"  scale {outcome.scale}: {len(outcome.listed)} file(s), {score}{note}")
+    typer.echo(f"best scale: {result.best} ({criterion} {result.summary['best_score']:.4g})")
+    if result.picked is not None:
+        kept = next(o.folder for o in result.outcomes if o.scale == result.picked)
+        typer.echo(f"--pick best: kept scale {result.picked} only ({kept}); the other scales' "
+                   "files and manifest rows were removed")
+    typer.echo(f"sheet: {result.sheet}")
+    typer.echo(f"summary: {result.out / 'summary.json'}")
+    typer.echo(f"manifest: {result.manifest}")
+
+
+def _report(result: ManipulationResult | SweepResult) -> None:
+    from medsingan.sweep import SweepResult
+
+    if isinstance(result, SweepResult):
+        report_sweep(result)
+        return
     typer.echo(f"{len(result.written)} file(s) written to {result.out}")
     if result.region is not None:
         typer.echo(f"region {result.region} (X,Y,W,H, source px): the outputs are the "
@@ -94,6 +139,9 @@ def register(app: typer.Typer) -> None:
             intensity: IntensityOpt = Intensity.scan,
             overwrite: OverwriteOpt = False,
             keep_identifiers: KeepIdsOpt = False,
+            pick: EditPickOpt = None,
+            sifid_variant: VariantOpt = SifidVariant.paper,
+            inception_weights: ScoreWeightsOpt = None,
         ) -> None:
             from medsingan import manipulate
 
@@ -102,7 +150,8 @@ def register(app: typer.Typer) -> None:
                 run_dir=run_dir, lesion=lesion, at=at, lesion_mask=lesion_mask,
                 composite=composite, mask=mask, inject_scale=inject_scale, n=n, seed=seed,
                 out=out, manifest=manifest, label=label, intensity=intensity.value,
-                overwrite=overwrite, keep_identifiers=keep_identifiers)))
+                overwrite=overwrite, keep_identifiers=keep_identifiers, pick=pick,
+                sifid_variant=sifid_variant.value, inception_weights=inception_weights)))
 
         return command
 
@@ -119,8 +168,9 @@ def register(app: typer.Typer) -> None:
             "--paint", exists=True, dir_okay=False, help="A coarse drawing of the scan (its "
             "aspect ratio, any size).", show_default=False)],
         inject_scale: Annotated[str, typer.Option(
-            "--inject-scale", help="Scale the drawing is injected at: N-k (k >= 1) or an "
-            "index (0 = finest); coarser keeps less of the drawing.")] = "N-1",
+            "--inject-scale", help="Scale the drawing is injected at: N-k (k >= 1), an "
+            "index (0 = finest), or all (every scale 1..N-1 into OUT/scale_S, scored, with "
+            "OUT/sweep.png and OUT/summary.json); coarser keeps less of the drawing.")] = "N-1",
         n: NOpt = 1,
         seed: SeedOpt = 0,
         out: OutOpt = None,
@@ -129,6 +179,9 @@ def register(app: typer.Typer) -> None:
         intensity: IntensityOpt = Intensity.scan,
         overwrite: OverwriteOpt = False,
         keep_identifiers: KeepIdsOpt = False,
+        pick: PaintPickOpt = None,
+        sifid_variant: VariantOpt = SifidVariant.paper,
+        inception_weights: ScoreWeightsOpt = None,
     ) -> None:
         """Turn a coarse drawing of anatomy into realistic texture (paint-to-image)."""
         from medsingan.manipulate import PaintRequest
@@ -137,7 +190,8 @@ def register(app: typer.Typer) -> None:
         _report(run_paint(PaintRequest(
             run_dir=run_dir, paint=painting, inject_scale=inject_scale, n=n, seed=seed, out=out,
             manifest=manifest, label=label, intensity=intensity.value, overwrite=overwrite,
-            keep_identifiers=keep_identifiers)))
+            keep_identifiers=keep_identifiers, pick=pick, sifid_variant=sifid_variant.value,
+            inception_weights=inception_weights)))
 
     @app.command("super-resolve")
     def super_resolve(
