@@ -141,6 +141,13 @@ class Padding(str, Enum):
     circular = "circular"
 
 
+class Loss(str, Enum):
+    wgan_gp = "wgan-gp"
+    frechet = "frechet"
+    nn_patch = "nn-patch"
+    aligned_nn = "aligned-nn"
+
+
 def _value(choice: Enum | None) -> str | None:
     return None if choice is None else str(choice.value)
 
@@ -188,6 +195,20 @@ def train(
     lr: Annotated[float | None, typer.Option(
         "--lr", help="Adam learning rate of generator and critic [default: 5e-4].",
         show_default=False)] = None,
+    loss: Annotated[Loss | None, typer.Option(
+        "--loss", help="Distribution loss: the WGAN-GP critic, or an explicit patch loss "
+        "replacing it (frechet: Fréchet distance of patch means and covariances; nn-patch: "
+        "distance to the nearest real patch; aligned-nn: to the real patch at the same place) "
+        "[default: wgan-gp].", show_default=False)] = None,
+    patch_size: Annotated[int | None, typer.Option(
+        "--patch-size", help="Explicit losses: patch side, px (at most --min-size) "
+        "[default: 7].", show_default=False)] = None,
+    patch_stride: Annotated[int | None, typer.Option(
+        "--patch-stride", help="Explicit losses: patch grid step, px [default: 1].",
+        show_default=False)] = None,
+    patches: Annotated[int | None, typer.Option(
+        "--patches", help="Explicit losses: patches drawn per generator step (nn-patch: as "
+        "many real ones too) [default: 2048].", show_default=False)] = None,
     seed: SeedOpt = None,
     device: TrainDeviceOpt = None,
     resume: Annotated[bool, typer.Option(
@@ -226,11 +247,15 @@ def train(
     from medsingan.monitor import MonitorOptions
     from medsingan.runs import train_scan
 
+    if labels and mask is None:
+        raise MedsinganError("--labels describes the --mask file: give --mask LABEL_MAP")
     overrides = {
         "iters": iters, "min_size": min_size, "max_size": max_size,
         "scale_factor": scale_factor, "nfc": nfc, "max_nfc": max_nfc, "norm": _value(norm),
         "activation": _value(activation), "padding": _value(padding), "gp_every": gp_every,
         "alpha": alpha, "lr_g": lr, "lr_d": lr, "seed": seed, "device": device,
+        "loss": _value(loss), "patch_size": patch_size, "patch_stride": patch_stride,
+        "patches": patches,
     }
     run_dir, _ = train_scan(scan, out, modality=modality.value, window=window, frame=frame,
                             slice_index=slice_index, slice_axis=slice_axis, volume=volume,
