@@ -108,8 +108,10 @@ class ScaleScorer:
 
     def __call__(self, real: torch.Tensor, samples: torch.Tensor) -> dict[str, Any]:
         """``{"samples", "patch_swd": [...], "sifid": [...] | None, "sifid_variant",
-        "seconds"}`` for ``samples`` ``(B, C, h, w)`` against ``real`` ``(1, C, h, w)``."""
+        "seconds"}`` for ``samples`` ``(B, C, h, w)`` against ``real`` ``(1, C, h, w)``:
+        their image channel (0; an image+mask run's mask channel is not scored)."""
         started = time.perf_counter()
+        real, samples = real[:, :1], samples[:, :1]
         images = samples.detach().float().clamp(-1, 1)
         shape = (int(real.shape[-2]), int(real.shape[-1]))
         swd = PatchSWDScorer(real.detach().float().cpu(), shape)(images)

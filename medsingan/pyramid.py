@@ -110,13 +110,26 @@ def resize(image: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") ->
     return F.interpolate(image, size=size, mode=mode, align_corners=False, antialias=True)
 
 
-def build_image_pyramid(image: torch.Tensor,
-                        shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+def resize_nearest(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``(B, C, H, W)`` label image resized to ``size`` with nearest neighbours (pixel
+    centres: ``nearest-exact``), so that it keeps exactly its values."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=tuple(size), mode="nearest-exact")
+
+
+def build_image_pyramid(image: torch.Tensor, shapes: Sequence[tuple[int, int]],
+                        label_channels: int = 0) -> list[torch.Tensor]:
     """Resize ``image`` (``(B, C, H, W)``) to every shape, finest first.
 
     Every scale is computed from ``image`` itself (not from the next finer scale), so
     resizing errors do not accumulate down the pyramid. (The official code resizes from the
     image already shrunk to the largest size and quantised to 8 bits; here no quantisation
-    is applied, which 16-bit scans need.)
+    is applied, which 16-bit scans need.) The last ``label_channels`` channels (a mask,
+    :mod:`medsingan.masks`) are resized with nearest neighbours: they keep their values.
     """
-    return [resize(image, shape) for shape in shapes]
+    if not label_channels:
+        return [resize(image, shape) for shape in shapes]
+    split = image.shape[1] - label_channels
+    return [torch.cat([resize(image[:, :split], shape),
+                       resize_nearest(image[:, split:], shape)], dim=1) for shape in shapes]

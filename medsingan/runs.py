@@ -20,6 +20,7 @@ from medsingan.io import read_scan
 from medsingan.io.deid import deidentified_header
 from medsingan.io.dicom import source_warnings
 from medsingan.io.scan import Scan
+from medsingan.masks import prepare_mask, stack_pair
 from medsingan.model.container import TrainedPyramid
 from medsingan.monitor import MonitorOptions
 from medsingan.preprocess import IntensityMapping, prepare_scan
@@ -99,7 +100,8 @@ def prepare_training(scan_path: Path, run_dir: Path | None = None, *, modality: 
                      overrides: dict[str, Any] | None = None, label: str = "", split: str = "",
                      subject_id: str | None = None,
                      roi: str | tuple[int, int, int, int] | None = None,
-                     spacing: float | None = None) -> PreparedTraining:
+                     spacing: float | None = None, mask: Path | None = None,
+                     labels: bool = False) -> PreparedTraining:
     """Everything :func:`train_scan` does before training (its arguments, same meaning);
     the source's warnings are in ``extra["warnings"]``, not printed."""
     if spacing is not None and roi is None:
@@ -126,7 +128,14 @@ def prepare_training(scan_path: Path, run_dir: Path | None = None, *, modality: 
                 f"the region {region} ({region.w} x {region.h} px) is trained at {trained[1]} "
                 f"x {trained[0]} px ({', '.join(reasons)}): its outputs are scaled back up "
                 "into it")
-    return PreparedTraining(torch.from_numpy(unit)[None, None], config, run_dir, extra)
+    image = torch.from_numpy(unit)[None, None]
+    if mask is not None:  # an image+mask pair (medsingan.masks): the mask is channel 1
+        pair = prepare_mask(mask, scan.meta, labels=labels, region=region, run_dir=run_dir,
+                            finest=pyramid_shapes(*unit.shape, config.min_size,
+                                                  config.max_size, config.scale_factor)[0])
+        image, extra["mask"] = stack_pair(image, pair.unit), pair.record
+        extra["warnings"] += pair.warnings
+    return PreparedTraining(image, config, run_dir, extra)
 
 
 def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = "auto",
@@ -139,7 +148,8 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
                subject_id: str | None = None,
                roi: str | tuple[int, int, int, int] | None = None,
                spacing: float | None = None,
-               monitor: MonitorOptions | None = None) -> tuple[Path, TrainedPyramid]:
+               monitor: MonitorOptions | None = None, mask: Path | None = None,
+               labels: bool = False) -> tuple[Path, TrainedPyramid]:
     """Train a SinGAN on one scan slice; returns the run directory and the trained pyramid.
 
     The run's ``config.json`` records, under ``extra``, the source (path, sha256, geometry,
@@ -155,12 +165,15 @@ def train_scan(scan_path: Path, run_dir: Path | None = None, *, modality: str = 
     (:mod:`medsingan.roi`). The intensity mapping is the whole scan's.
 
     ``monitor``: per-scale scoring and TensorBoard log (:mod:`medsingan.monitor`).
+
+    ``mask`` (a binary mask, or with ``labels`` a label map, on the scan's pixels) trains an
+    image+mask pair, SinGAN-Seg's way (:mod:`medsingan.masks`); ``extra["mask"]`` records it.
     """
     prepared = prepare_training(scan_path, run_dir, modality=modality, window=window,
                                 frame=frame, slice_index=slice_index, slice_axis=slice_axis,
                                 volume=volume, speed_preset=speed_preset, overrides=overrides,
                                 label=label, split=split, subject_id=subject_id, roi=roi,
-                                spacing=spacing)
+                                spacing=spacing, mask=mask, labels=labels)
     warn_user(prepared.extra["warnings"])
     pyramid = train(prepared.image, prepared.config, prepared.run_dir,
                     extra_config=prepared.extra, resume=resume, overwrite=overwrite,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medsingan.masks import outlined_tile
 from medsingan.model.serialization import atomic_write
 
 _GAP = 4
@@ -27,15 +28,20 @@ def _save_png(path: Path, picture: Image.Image) -> None:
 def save_sample_sheet(path: Path, images: Sequence[torch.Tensor], min_height: int = 128,
                       columns: int | None = None) -> None:
     """Write ``(1, C, h, w)`` images (first channel) as a contact sheet, zoomed to
-    ``min_height``: side by side, or in rows of ``columns`` tiles."""
+    ``min_height``: side by side, or in rows of ``columns`` tiles. An image+mask pair
+    (``C == 2``) has its mask's outline drawn over it (:func:`medsingan.masks.outlined_tile`)."""
     zoom = max(1, -(-min_height // int(images[0].shape[-2])))
-    tiles = [Image.fromarray(to_uint8(img[0, 0])) for img in images]
-    tiles = [t.resize((t.width * zoom, t.height * zoom), Image.Resampling.NEAREST) for t in tiles]
+    tiles = [outlined_tile(to_uint8(img[0, 0]), img[0, 1], zoom) if img.shape[1] > 1 else
+             Image.fromarray(to_uint8(img[0, 0])).resize(
+                 (img.shape[-1] * zoom, img.shape[-2] * zoom), Image.Resampling.NEAREST)
+             for img in images]
     columns = columns or len(tiles)
     rows = -(-len(tiles) // columns)
     cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
-    sheet = Image.new("L", (columns * cell_w + _GAP * (columns - 1),
-                            rows * cell_h + _GAP * (rows - 1)), color=255)
+    mode = "RGB" if any(t.mode == "RGB" for t in tiles) else "L"
+    sheet = Image.new(mode, (columns * cell_w + _GAP * (columns - 1),
+                            rows * cell_h + _GAP * (rows - 1)),
+                      color=(255, 255, 255) if mode == "RGB" else 255)
     for k, tile in enumerate(tiles):
         sheet.paste(tile, ((k % columns) * (cell_w + _GAP), (k // columns) * (cell_h + _GAP)))
     _save_png(path, sheet)
