@@ -41,6 +41,7 @@ from medsingan.manifest import (
     relative_to_manifest,
     set_column,
 )
+from medsingan.masks import PairOutputs, check_image_only, split_pair
 from medsingan.metrics.copy import DEFAULT_PATCH as COPY_PATCH
 from medsingan.metrics.copy import CopyScorer
 from medsingan.metrics.diversity import CohortDiversity, similarity_to_source
@@ -164,9 +165,11 @@ def default_batch_size(pyramid: TrainedPyramid, output: tuple[int, int]) -> int:
     return int(np.clip((1 << 30) // max(per_sample, 1), 1, 64))
 
 
-def load_complete_run(run_dir: Path) -> tuple[TrainedPyramid, dict[str, Any]]:
+def load_complete_run(run_dir: Path, pairs: bool = False
+                      ) -> tuple[TrainedPyramid, dict[str, Any]]:
     """A fully trained run written by ``medsingan train`` and its source description (the
-    ``extra`` of ``config.json``); RunDirError otherwise."""
+    ``extra`` of ``config.json``); RunDirError otherwise, ConfigError for an image+mask run
+    unless ``pairs`` (only augment draws those)."""
     pyramid = load_run(run_dir)
     if not pyramid.is_complete:
         raise RunDirError(f"{run_dir} is not fully trained (finest trained scale "
@@ -175,6 +178,8 @@ def load_complete_run(run_dir: Path) -> tuple[TrainedPyramid, dict[str, Any]]:
     if "source" not in extra or "intensity_mapping" not in extra:
         raise RunDirError(f"{run_dir}/config.json lacks the source description; "
                           "was it written by medsingan train?")
+    if not pairs:
+        check_image_only(extra, run_dir)
     return pyramid, extra
 
 
@@ -263,7 +268,7 @@ class RunSource(SampleSource):
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.pyramid, self.extra = load_complete_run(self.run_dir)
+        self.pyramid, self.extra = load_complete_run(self.run_dir, pairs=True)
         self.name = self.run_dir.resolve().name
         self.engine = run_engine(self.pyramid)
         self.identity = {"run_sha": sha256_of(self.run_dir / "weights.safetensors")}
@@ -496,10 +501,12 @@ def augment(request: AugmentRequest) -> AugmentResult:
 
     names = {i: out / f"{source.name}_seed{request.seed}_{i:05d}{suffix}"
              for i in range(request.n)}
+    pairs = PairOutputs.of_run(extra, source.real, meta)  # an image+mask run: its masks
     done = set() if request.overwrite else _done_indices(manifest, names)
+    done = {i for i in done if pairs is None or pairs.has_mask(names[i])}
     todo = [i for i in range(request.n) if i not in done]
     source.to(device)
-    real = source.real
+    real = split_pair(source.real)[0]  # a pair's image channel
     swd_scorer = PatchSWDScorer(real, shapes[0])
     # images under the copy score's patch side get none (an empty column)
     copy_scorer = CopyScorer(real) if min(*real.shape[-2:], *shapes[0]) >= COPY_PATCH else None
@@ -522,6 +529,7 @@ def augment(request: AugmentRequest) -> AugmentResult:
             # scored as written: the files hold [-1, 1] (a generator's residual output can
             # overshoot it), so an interrupted cohort read back scores the same
             generated = source.draw(indices, start, request.seed, shapes).clamp(-1, 1)
+            generated, masks = split_pair(generated)
             # a region run's sample is scored as it is written: blended into the region's
             # border by the taper
             images = generated if taper is None else blend(real, generated, taper)
@@ -533,6 +541,8 @@ def augment(request: AugmentRequest) -> AugmentResult:
             rows = []
             for k, index in enumerate(indices):
                 unit = images[k:k + 1].cpu()
+                if pairs is not None:
+                    unit = pairs.add(index, unit, masks[k:k + 1])
                 if index < request.grid_size:
                     grid_units[index] = unit
                 physical, clip_window = output_image(
@@ -555,7 +565,8 @@ def augment(request: AugmentRequest) -> AugmentResult:
                         "copy_score": copies[k] and copies[k].score,
                         "copy_region_px": copies[k] and copies[k].region_px,
                         # a region run's sample replaced this X,Y,W,H (source px) only
-                        **({"region": str(canvas.region)} if canvas is not None else {})}))
+                        **({"region": str(canvas.region)} if canvas is not None else {}),
+                        **(pairs.write(index, names[index]) if pairs is not None else {})}))
                 result.written.append(names[index])
             append_rows(manifest, rows, on_existing="replace")
             bar.advance(task, len(indices))
@@ -563,17 +574,22 @@ def augment(request: AugmentRequest) -> AugmentResult:
     for index in sorted(done):  # samples of an earlier, interrupted run: read back
         unit = read_unit(names[index], mapping, shapes[0], region_of_run(extra))
         cohort.add(unit)
+        if pairs is not None:
+            unit = pairs.read_back(index, unit, names[index])
         if index < request.grid_size:
             grid_units[index] = unit
     cohort_diversity = cohort.value(real) if request.n >= 2 else None
     listed = [relative_to_manifest(p, manifest) for p in names.values()]
     set_column(manifest, listed, "diversity", cohort_diversity)
     # the training image first, then the first samples, four or more to a row
-    sheet = [real.cpu(), *(grid_units[i] for i in sorted(grid_units))]
+    sheet = [(real if pairs is None else pairs.real_pair).cpu(),
+             *(grid_units[i] for i in sorted(grid_units))]
     save_sample_sheet(out / GRID_FILE, sheet, columns=max(4, int(np.ceil(len(sheet) ** 0.5))))
     result.summary = _write_summary(out, manifest, listed, request, source, start,
                                     cohort_diversity, scorer.variant if scorer else None,
                                     result.warnings)
+    if pairs is not None:
+        result.summary = pairs.add_summary(out / SUMMARY_FILE, result.summary)
     return result
 
 

@@ -29,7 +29,9 @@ Extra columns that medsingan writes on synthetic rows and :func:`check_manifest`
 a manifest has them: ``copy_score`` (fraction in [0, 1] of the sample's informative patches
 that are near-verbatim copies of the source's, :mod:`medsingan.metrics.copy`),
 ``copy_region_px`` (whole number: the largest copied connected region, pixels) and ``engine``
-(what drew the sample: ``singan``, ``patch``).
+(what drew the sample: ``singan``, ``patch``); an image+mask run's samples (``train --mask``)
+have ``mask`` (the mask file beside the sample, a path like ``image``) and ``mask_area``
+(fraction in [0, 1] of the sample's pixels in the mask).
 
 Booleans are written ``true``/``false``; a missing value is an empty field. Split inheritance:
 a synthetic row always carries the ``split`` and ``subject_id`` of its source, so that a
@@ -314,6 +316,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
 _EXTRA_PARSERS: dict[str, Callable[[str], object]] = {
     "copy_score": _parse_fraction,
     "copy_region_px": _parse_int,
+    "mask_area": _parse_fraction,
 }
 _DTYPES = {"start_scale": "Int64", "seed": "Int64", "height": "Int64", "width": "Int64",
            "sifid": "float64", "diversity": "float64", "similarity_to_source": "float64",
@@ -608,7 +611,8 @@ def check_manifest(path: str | os.PathLike[str]) -> list[Problem]:
       non-positive height/width, bad score, seed or time, a ``copy_score`` outside [0, 1] or
       a ``copy_region_px`` that is no whole number), method ``real`` on a synthetic row
       (or the reverse), a synthetic row without ``source_image``;
-    - ``missing_file``: ``image`` does not exist relative to the manifest's folder;
+    - ``missing_file``: ``image`` (or an extra ``mask``) does not exist relative to the
+      manifest's folder;
     - ``duplicate_row``: a row identical to an earlier one;
     - ``duplicate_image``: an image listed again with different values;
     - ``leak``: a synthetic row in another split than its source image (listed as an image or
@@ -681,6 +685,10 @@ def _file_problems(path: Path, records: list[tuple[int, Record]]) -> list[Proble
         if image and not resolve_image(path, image).is_file():
             problems.append(Problem("missing_file", number,
                                     f"{image} not found in {path.parent or '.'}"))
+        mask = record.get("mask", "")  # an image+mask pair's mask (medsingan.masks)
+        if mask and not resolve_image(path, mask).is_file():
+            problems.append(Problem("missing_file", number,
+                                    f"mask {mask} not found in {path.parent or '.'}"))
     return problems
 
 
