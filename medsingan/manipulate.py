@@ -592,7 +592,8 @@ def _edit_at(request: EditRequest, run: _Run, insertion: Insertion, mode: str,
     _targets(request, run, mode, with_mask=True)  # fail before any work
     indices = list(range(request.n))
     generated = inject(pyramid, insertion.composite, scale, request.seed, indices)
-    results = blend(run.real, generated, weight)
+    # clamped as written, so the seam scores describe the files
+    results = blend(run.real, generated, weight).clamp(-1, 1)
     seam = seam_report(run.real, insertion.composite, results, insertion.mask)
     box = insertion.box if run.canvas is None else run.canvas.box_to_source(insertion.box)
     x, y, w, h = box

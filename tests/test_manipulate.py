@@ -4,6 +4,7 @@ RG3_UNCR.dcm, MONOCHROME1), with lesion patches cut from other real scans."""
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +315,81 @@ def test_a_mask_on_the_border_keeps_its_full_weight_there():
     weight = blend_mask(mask, "edit")
     at_border, inside = float(weight[0, 0, 30, 0]), float(weight[0, 0, 30, 6])
     assert at_border == pytest.approx(inside, abs=1e-3) and at_border > 0.99
+
+
+def seam_by_numpy(image: np.ndarray, mask: np.ndarray, source: np.ndarray) -> float:
+    """The seam score recomputed with numpy and scipy: central differences with edges
+    replicated, the border = 8-neighbourhood dilation minus erosion of the mask; in any units
+    (the score is a ratio of two gradients of linearly mapped images)."""
+    from scipy import ndimage
+
+    def gradient(a: np.ndarray) -> np.ndarray:
+        p = np.pad(a.astype(np.float64), 1, mode="edge")
+        return np.hypot((p[1:-1, 2:] - p[1:-1, :-2]) / 2, (p[2:, 1:-1] - p[:-2, 1:-1]) / 2)
+
+    square = np.ones((3, 3), bool)
+    border = (ndimage.binary_dilation(mask, square)
+              & ~ndimage.binary_erosion(mask, square, border_value=1))
+    return float(gradient(image)[border].mean() / gradient(source).mean())
+
+
+def test_an_edit_at_every_scale_is_scored_per_scale_and_pick_best_keeps_the_lowest_seam(
+        hand_run, tmp_path):
+    lesion = lesion_png(tmp_path, hand_run)
+    manifest = tmp_path / "manifest.csv"
+    sweep = edit(request(hand_run, tmp_path, lesion=lesion, at="18,16", n=2,
+                         inject_scale="all", out=tmp_path / "all"))
+    frame = read_manifest(manifest)
+    assert sorted(frame["start_scale"].unique()) == list(range(1, load_run(hand_run).coarsest))
+    assert check_manifest(manifest) == []
+    source = source_at_finest(hand_run, tmp_path)
+    excess, pixels = {}, {}
+    for scale, rows in frame.groupby("start_scale"):
+        paths = [resolve_image(manifest, image) for image in rows["image"]]
+        assert len(paths) == 2 and all(p.parent.name == f"scale_{scale}" for p in paths)
+        assert rows["patch_swd"].gt(0).all() and rows["sifid"].isna().all()  # no weights here
+        mask = np.asarray(Image.open(resolve_image(manifest, rows["mask"].iloc[0]))) > 0
+        base = seam_by_numpy(source, mask, source)
+        pixels[scale] = [read_scan(p).image for p in paths]
+        excess[scale] = np.mean([abs(seam_by_numpy(image, mask, source) - base)
+                                 for image in pixels[scale]])
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["criterion"]["name"] == "seam_excess_abs_mean"
+    for entry in summary["per_scale"]:  # within the DICOM files' integer rounding
+        assert entry["score"] == pytest.approx(excess[entry["scale"]], rel=0.02, abs=0.01)
+    lowest = min(excess, key=excess.get)
+    assert sweep.best == summary["best_scale"] == lowest and summary["picked_scale"] is None
+    with Image.open(sweep.sheet) as sheet:  # source | naive paste, then one row per scale
+        assert sheet.height >= (1 + len(excess)) * 128
+
+    picked = edit(request(hand_run, tmp_path, lesion=lesion, at="18,16", n=2,
+                          inject_scale="all", pick="best", out=tmp_path / "best",
+                          manifest=tmp_path / "best.csv"))
+    assert picked.picked == lowest
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == \
+        sorted([f"scale_{lowest}", "summary.json", "sweep.png"])
+    kept = read_manifest(tmp_path / "best.csv")
+    assert kept["start_scale"].tolist() == [lowest, lowest]
+    for image, expected in zip(kept["image"], pixels[lowest], strict=True):
+        assert np.array_equal(read_scan(resolve_image(tmp_path / "best.csv", image)).image,
+                              expected)
+    assert check_manifest(tmp_path / "best.csv") == []
+
+
+def test_a_paint_sweep_with_inception_weights_keeps_the_lowest_sifid(hand_run, tmp_path,
+                                                                    inception_weights):
+    blocks = resize(load_run(hand_run).reals[0], (8, 8))[0, 0].numpy()
+    painting = tmp_path / "painting.png"
+    Image.fromarray(np.clip(np.round((blocks + 1) * 127.5), 0, 255).astype(np.uint8)).save(
+        painting)
+    result = paint(request(hand_run, tmp_path, PaintRequest, paint=painting, n=2,
+                           intensity="display", inject_scale="all", pick="best",
+                           inception_weights=inception_weights))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["criterion"]["name"] == "sifid_mean"
+    scores = {entry["scale"]: entry["score"] for entry in summary["per_scale"]}
+    assert sorted(scores) == [1, 2] and result.picked == min(scores, key=scores.get)
+    frame = read_manifest(tmp_path / "manifest.csv")
+    assert frame["start_scale"].tolist() == [result.picked] * 2
+    assert set(frame["sifid_variant"]) == {"paper"}
+    assert frame["sifid"].mean() == pytest.approx(scores[result.picked])
