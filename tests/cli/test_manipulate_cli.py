@@ -3,12 +3,15 @@ real radiograph, shared with tests/test_manipulate.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from medsingan.io import read_scan
 from medsingan.manifest import read_manifest
+from tests.cli.in_process import run_in_process
 from tests.cli.test_inspect import assert_one_line_error, run_cli
 from tests.test_manipulate import hand_run, mask_png, scan_crop  # noqa: F401 - fixture
 
@@ -88,3 +91,28 @@ def test_bad_edit_input_is_one_line_exit_2_and_writes_nothing(hand_run, tmp_path
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "cohort.csv").exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_harmonize_at_every_scale_prints_each_score_and_keeps_the_best(hand_run, tmp_path,
+                                                                       monkeypatch, capsys):
+    composite = display_png(tmp_path / "composite.png", np.full((48, 48), 0.5))
+    box = np.zeros((48, 48), bool)
+    box[14:26, 14:26] = True
+    mask = mask_png(tmp_path / "mask.png", box)
+    out, manifest = tmp_path / "sweep", tmp_path / "cohort.csv"
+    code, stdout, err = run_in_process(
+        monkeypatch, capsys, "harmonize", hand_run, "--composite", composite, "--mask", mask,
+        "--intensity", "display", "--label", "nodule", "--inject-scale", "all", "--pick",
+        "best", "--out", out, "--manifest", manifest)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    scores = {entry["scale"]: entry["score"] for entry in summary["per_scale"]}
+    assert sorted(scores) == [1, 2] and summary["criterion"]["name"] == "seam_excess_abs_mean"
+    for scale, score in scores.items():
+        assert f"scale {scale}: 1 file(s), {score:.4g}" in stdout
+    best = min(scores, key=scores.get)
+    assert f"best scale: {best}" in stdout and f"kept scale {best} only" in stdout
+    assert [p.name for p in out.iterdir() if p.is_dir()] == [f"scale_{best}"]
+    frame = read_manifest(manifest)
+    assert frame["start_scale"].tolist() == [best] and frame["seam"].notna().all()
+    assert "--pick" in run_in_process(monkeypatch, capsys, "harmonize", "--help")[1]
