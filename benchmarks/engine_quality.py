@@ -1,12 +1,14 @@
-"""Engines side by side on real scans: a trained SinGAN and the training-free patch engine.
+"""Engines side by side on real scans: SinGAN (WGAN-GP critic, and each explicit patch loss
+of ``train --loss``) and the training-free patch engine.
 
 For each scan (pydicom-data's CR chest RG1_UNCR, the CT slice 693_UNCR, the MR slice MR2_UNCR,
-each at ``--size`` px on its longer side) and each engine, through the same ``augment`` a user
-runs (files written, every score computed):
+each at ``--size`` px on its longer side) and each engine, through the same ``train`` and
+``augment`` a user runs (files written, every score computed):
 
 * ``first_sample_s``: wall time from the scan file to the first written, scored sample
-  (SinGAN: training included; patch engine: nothing to train);
+  (SinGAN: training included, also given alone as ``train_s``; patch engine: nothing to train);
 * ``per_50_s``: wall time per 50 samples (``--n`` drawn, scaled to 50), from N and N-1;
+  ``first_50_s``: training plus 50 samples from N, the wall time from scan to cohort;
 * medians over the samples of patch SWD (x 1000), SIFID, SSIM to the source and the copy
   score, the largest copied region, the share of samples over ``--max-copy``, and the
   cohort's diversity, from N and N-1.
@@ -18,8 +20,8 @@ SIFID and only compare engines with each other). The JSON says which.
 
 A contact sheet per scan (``--sheets``) has a row per engine: the scan, then samples from N.
 SinGAN trains with the ``fast`` preset and ``--iters`` iterations per scale (the preset's
-2000 take hours per scan on a CPU). Losses other than WGAN-GP are benchmarked once the trainer
-has them (a ``loss`` field in ``TrainConfig``): pass them with ``--losses``.
+2000 take hours per scan on a CPU), once with the WGAN-GP critic (row ``singan``) and once per
+explicit loss in ``--losses`` (rows ``singan-<loss>``, the ``engine`` column of their samples).
 
     python benchmarks/engine_quality.py --scans cr --size 128 --iters 150 --n 20
 """
@@ -27,7 +29,6 @@ has them (a ``loss`` field in ``TrainConfig``): pass them with ``--losses``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -47,7 +48,7 @@ from medsingan.metrics.sifid import PAPER_WEIGHTS_NAME, find_inception_weights
 from medsingan.model.previews import to_uint8
 from medsingan.preprocess import IntensityMapping
 from medsingan.runs import train_scan
-from medsingan.train import TrainConfig
+from medsingan.train import LOSSES
 
 SCANS = {"cr": "RG1_UNCR.dcm", "ct": "693_UNCR.dcm", "mr": "MR2_UNCR.dcm"}
 
@@ -120,6 +121,7 @@ def run_engine(engine: str, scan: Path, work: Path, args: argparse.Namespace,
                                        **common))
         wall = time.perf_counter() - started
         result[start] = {"per_50_s": round(wall / args.n * 50, 1), **scores(drawn, args.n)}
+    result["first_50_s"] = round(prepare + result["N"]["per_50_s"], 1)
     return result, work / name / "N.csv"
 
 
@@ -149,18 +151,18 @@ def main() -> None:
     parser.add_argument("--scans", nargs="+", choices=sorted(SCANS), default=sorted(SCANS))
     parser.add_argument("--engines", nargs="+", choices=("singan", "patch"),
                         default=["singan", "patch"])
-    parser.add_argument("--losses", nargs="*", default=[],
-                        help="SinGAN losses besides WGAN-GP (needs train --loss)")
+    explicit = [loss for loss in LOSSES if loss != "wgan-gp"]
+    parser.add_argument("--losses", nargs="*", choices=explicit, default=explicit,
+                        help="SinGAN's explicit losses to train besides WGAN-GP")
     parser.add_argument("--size", type=int, default=128, help="longer side, px")
     parser.add_argument("--iters", type=int, default=2000, help="SinGAN iterations per scale")
     parser.add_argument("--n", type=int, default=50, help="samples per engine and start")
     parser.add_argument("--max-copy", type=float, default=0.5)
     parser.add_argument("--sheets", type=Path, default=None, help="folder for contact sheets")
     args = parser.parse_args()
-    if args.losses and "loss" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        parser.error("this trainer has no loss option yet (issue 14, item 1)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    report: dict[str, Any] = {"size": args.size, "singan_iters": args.iters, "n": args.n,
+    report: dict[str, Any] = {"size": args.size, "singan_iters": args.iters,
+                              "singan_preset": "fast", "n": args.n,
                               "threads": torch.get_num_threads(), "scans": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
