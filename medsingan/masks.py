@@ -30,6 +30,7 @@ and a derived CT image holding 0/1 would be read as Hounsfield units.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -391,6 +392,70 @@ def summary_line(summary: dict[str, Any]) -> str:
             f"{means(synthetic)} (real {means(real)}, in [-1, 1])")
 
 
+class PairOutputs:
+    """The masks of an image+mask run's samples, for ``augment``: each rounded to its labels
+    (:meth:`add`), written beside its sample (:meth:`write`), read back for a sample of an
+    earlier, interrupted call (:meth:`read_back`), and summed up (:meth:`add_summary`)."""
+
+    def __init__(self, real: torch.Tensor, levels: MaskLevels, like: ScanMetadata) -> None:
+        self.levels, self.like = levels, like
+        self.cohort = PairCohort(real, levels)
+        self.real_pair = self.sheet_pair(split_pair(real.cpu())[0],
+                                         levels.indices(split_pair(real.cpu())[1][0, 0]))
+        self._indices: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def of_run(cls, extra: dict[str, Any], real: torch.Tensor,
+               like: ScanMetadata) -> PairOutputs | None:
+        """The outputs of a run whose ``config.json`` extra records a mask, else ``None``."""
+        levels = run_levels(extra)
+        return None if levels is None else cls(real, levels, like)
+
+    def sheet_pair(self, image: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
+        """``(1, 2, h, w)``: the image channel and the mask's foreground (every label but the
+        background) as -1/1, what a contact sheet outlines."""
+        foreground = torch.from_numpy(np.where(np.asarray(indices) > 0, 1.0, -1.0))
+        return torch.cat([image.cpu().float(), foreground[None, None].float()], dim=1)
+
+    def add(self, index: int, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Round sample ``index``'s mask channel ``(1, 1, h, w)`` to its labels and record
+        its statistics against its image channel; returns the pair for a contact sheet."""
+        indices = self.levels.indices(mask[0, 0])
+        self._indices[index] = indices
+        self.cohort.add(index, image[0, 0], indices)
+        return self.sheet_pair(image, indices)
+
+    def write(self, index: int, sample: Path) -> dict[str, Any]:
+        """Write sample ``index``'s mask beside ``sample``; its manifest columns: ``mask``
+        (the file) and ``mask_area`` (fraction of the sample's pixels in the mask)."""
+        path = write_mask(self._indices.pop(index), self.levels, self.like, mask_path(sample))
+        return {"mask": str(path.resolve()), "mask_area": self.cohort.samples[index]["area"]}
+
+    def has_mask(self, sample: Path) -> bool:
+        return mask_path(sample).is_file()
+
+    def read_back(self, index: int, image: torch.Tensor, sample: Path) -> torch.Tensor:
+        """The mask written beside ``sample`` by an earlier call, with its image channel
+        ``(1, 1, h, w)``, recorded as :meth:`add` records it; returns the sheet pair."""
+        indices = read_mask_indices(mask_path(sample), self.levels, tuple(image.shape[-2:]))
+        self.cohort.add(index, image[0, 0], indices)
+        return self.sheet_pair(image, indices)
+
+    def add_summary(self, path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+        """``summary`` with ``masks`` (:meth:`PairCohort.summary`), rewritten to ``path``."""
+        summary = {**summary, "masks": self.cohort.summary()}
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def info_line(record: dict[str, Any]) -> str:
+    """``info``'s line for an image+mask run (its ``extra["mask"]``)."""
+    values = ", ".join(f"{v:g}" for v in record["values"])
+    return (f"mask        {record['kind']} ({values}), {100 * record['area_fraction']:.1f}% of "
+            f"the trained image: {record['path']} (from the run directory)")
+
+
 # --- previews -----------------------------------------------------------------------------------
 
 def outline(inside: np.ndarray) -> np.ndarray:
@@ -412,7 +477,7 @@ def outlined_tile(gray: np.ndarray, mask_channel: torch.Tensor, zoom: int) -> Im
 
 
 __all__: Sequence[str] = (
-    "MaskLevels", "PairCohort", "PreparedMask", "check_image_only", "mask_channels",
+    "MaskLevels", "PairCohort", "PairOutputs", "PreparedMask", "check_image_only", "mask_channels",
     "mask_path", "outlined_tile", "pair_statistics", "prepare_mask", "read_mask",
     "read_mask_indices", "run_levels", "split_pair", "stack_pair",
     "summary_line", "write_mask",
