@@ -26,7 +26,9 @@ otherwise; scale 0 is the finest, ``N`` the coarsest.
 The seam score of an image along a mask is the mean gradient magnitude on the mask's border
 (the pixels on either side of it) divided by the mean gradient magnitude of the source scan;
 the *seam excess* subtracts the source's own score on the same border, so an invisible seam has
-an excess of 0.
+an excess of 0. A result that re-synthesised the finding away has no seam either: its
+*finding kept* (mean absolute change from the scan inside the mask, as a fraction of the naive
+paste's) tells the two apart.
 
 >>> from medsingan.manipulate import EditRequest, edit  # doctest: +SKIP
 >>> result = edit(EditRequest(run_dir=Path("runs/hand"), lesion=Path("lesion.png"),
@@ -90,6 +92,9 @@ MAX_SUPER_RESOLUTION_FACTOR = 16.0
 # The default injection scale keeps the finding at least this many px on its shorter side: the
 # official examples inject an object of ~40 px at N-2 of a 250 px run, i.e. at ~5 px.
 _MIN_FINDING_SIDE_AT_INJECTION = 5
+# --pick best of an edit sweep: a scale whose outputs keep less of the pasted finding than this
+# (finding_kept) re-synthesised it away and is not picked
+MIN_FINDING_KEPT = 0.5
 INTENSITIES = ("scan", "display")
 
 
@@ -252,6 +257,17 @@ def seam_report(real: torch.Tensor, naive: torch.Tensor, results: torch.Tensor,
     return {"source": base, "naive": naive_score, "results": scores,
             "naive_excess": naive_score - base,
             "result_excess": [score - base for score in scores]}
+
+
+def finding_kept(real: torch.Tensor, naive: torch.Tensor, results: torch.Tensor,
+                 mask: torch.Tensor) -> list[float]:
+    """How much of the pasted finding each result keeps: its mean absolute difference from
+    the scan inside the mask, as a fraction of the naive paste's (1: as pasted, or changed as
+    much; 0: the scan again, the finding re-synthesised away)."""
+    inside = mask[0, 0] > 0
+    pasted = float((naive - real)[0, 0][inside].abs().mean())
+    return [float((r[0] - real[0, 0])[inside].abs().mean()) / max(pasted, 1e-8)
+            for r in results]
 
 
 def default_inject_scale(pyramid: TrainedPyramid, box: tuple[int, int, int, int]) -> int:
@@ -595,12 +611,14 @@ def _edit_at(request: EditRequest, run: _Run, insertion: Insertion, mode: str,
     # clamped as written, so the seam scores describe the files
     results = blend(run.real, generated, weight).clamp(-1, 1)
     seam = seam_report(run.real, insertion.composite, results, insertion.mask)
+    seam["finding_kept"] = finding_kept(run.real, insertion.composite, results, insertion.mask)
     box = insertion.box if run.canvas is None else run.canvas.box_to_source(insertion.box)
     x, y, w, h = box
     result = _write(request, run, mode, results, scale,
                     [run.real, insertion.composite, *results.split(1)], insertion.mask,
                     {"lesion_x": x, "lesion_y": y, "lesion_w": w, "lesion_h": h,
-                     "seam_naive": seam["naive"], "seam": seam["results"]},
+                     "seam_naive": seam["naive"], "seam": seam["results"],
+                     "finding_kept": seam["finding_kept"]},
                     region_blend=(generated, weight))
     result.box, result.seam = box, seam
     return result
@@ -619,7 +637,9 @@ def _edit(request: EditRequest, mode: str) -> ManipulationResult | SweepResult:
                      Tile(insertion.composite.cpu(),
                           ["naive paste", f"seam excess {naive_excess:+.3f}"])]
         return _sweep(request, run, mode, True, Criterion(
-            "seam_excess_abs_mean", "mean |seam excess|"), reference,
+            "seam_excess_abs_mean", "mean |seam excess|",
+            excluded=f"keeps less than {MIN_FINDING_KEPT:g} of the pasted finding (mean "
+            "finding_kept)", excluded_label="(finding lost)"), reference,
             lambda scale_request, scale: _edit_at(scale_request, run, insertion, mode, scale))
     check_pick(request.pick, False, "--inject-scale")
     scale = (default_inject_scale(run.pyramid, insertion.box) if request.inject_scale is None
@@ -711,11 +731,13 @@ def _outcome(scale: int, result: ManipulationResult, manifest: Path,
     swd = scores.get("patch_swd") or [None] * len(result.written)
     sifid = scores.get("sifid") or [None] * len(result.written)
     excess = result.seam["result_excess"] if result.seam else [None] * len(result.written)
+    kept = result.seam["finding_kept"] if result.seam else [None] * len(result.written)
     values = {"seam_excess_abs_mean": [None if e is None else abs(e) for e in excess],
-              "sifid_mean": sifid, "patch_swd_mean": swd}
+              "finding_kept_mean": kept, "sifid_mean": sifid, "patch_swd_mean": swd}
     tiles = []
     for k, image in enumerate(result.images.split(1)):
-        caption = [] if excess[k] is None else [f"seam excess {excess[k]:+.3f}"]
+        caption = [] if excess[k] is None else [f"seam excess {excess[k]:+.3f}",
+                                                 f"finding kept {kept[k]:.2f}"]
         caption.append(f"SWD {swd[k]:.4g}" if swd[k] is not None else "SWD -")
         if sifid[k] is not None:
             caption.append(f"SIFID {sifid[k]:.4g}")
@@ -724,7 +746,8 @@ def _outcome(scale: int, result: ManipulationResult, manifest: Path,
     return ScaleOutcome(
         scale=scale, score=mean(values[criterion.name]), tiles=tiles, files=files,
         listed=[relative_to_manifest(p.resolve(), manifest) for p in result.written],
-        folder=result.out, details={name: mean(v) for name, v in values.items()})
+        folder=result.out, details={name: mean(v) for name, v in values.items()},
+        eligible=result.seam is None or mean(kept) >= MIN_FINDING_KEPT)
 
 
 def super_resolve(request: SuperResolveRequest) -> ManipulationResult:

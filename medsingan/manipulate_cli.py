@@ -65,7 +65,8 @@ InjectOpt = Annotated[str | None, typer.Option(
 EditPickOpt = Annotated[str | None, typer.Option(
     "--pick", help="With --inject-scale all: best keeps only the outputs (files and manifest "
     "rows) of the scale with the lowest mean |seam excess| (0: the seam is as sharp as the "
-    "scan's own detail there).", show_default=False)]
+    "scan's own detail there) among those whose outputs keep at least half of the pasted "
+    "finding (mean finding_kept >= 0.5).", show_default=False)]
 PaintPickOpt = Annotated[str | None, typer.Option(
     "--pick", help="With --inject-scale all: best keeps only the outputs (files and manifest "
     "rows) of the scale with the lowest mean SIFID to the run's scan (the lowest mean patch "
@@ -83,7 +84,7 @@ def report_sweep(result: SweepResult) -> None:
                f"{criterion} (lower is better)")
     for outcome in result.outcomes:
         score = "-" if outcome.score is None else f"{outcome.score:.4g}"
-        note = "" if outcome.eligible else "  (copies the scan: not picked)"
+        note = "" if outcome.eligible else f"  {result.criterion.excluded_label}: not picked"
         typer.echo(f"  scale {outcome.scale}: {len(outcome.listed)} file(s), {score}{note}")
     typer.echo(f"best scale: {result.best} ({criterion} {result.summary['best_score']:.4g})")
     if result.picked is not None:

@@ -15,11 +15,15 @@ are removed once every scale is scored (the sheet and the summary keep all of th
 deciding score, lower is better every time:
 
 * edit, harmonize: the mean absolute seam excess of the scale's outputs (0: the seam is as
-  sharp as the scan's own detail there; see :mod:`medsingan.manipulate`);
+  sharp as the scan's own detail there; see :mod:`medsingan.manipulate`), among the scales
+  whose outputs keep at least half of the pasted finding (``finding_kept`` >= 0.5: a coarse
+  scale can re-synthesise the finding away, which leaves no seam at all);
 * paint: the mean SIFID to the run's scan, or the mean patch SWD without Inception weights;
 * augment: the mean SIFID, or the mean patch SWD when SIFID is not scored, among the scales
   whose mean copy score is at most ``--max-copy`` (finer starts reconstruct the scan: their
-  scores are low because they copy it); all scales when none is under it, with a warning.
+  scores are low because they copy it).
+
+When no scale qualifies, every scale competes and a warning says so.
 
 Ties go to the finer scale.
 """
@@ -83,10 +87,14 @@ class Tile:
 
 @dataclass
 class Criterion:
-    """The score that decides ``--pick best`` (lower is better)."""
+    """The score that decides ``--pick best`` (lower is better); ``excluded`` says why a
+    scale that may not be picked is not (``ScaleOutcome.eligible``), ``excluded_label``
+    the same in a word or two for the sheet."""
 
     name: str
     description: str
+    excluded: str = ""
+    excluded_label: str = ""
 
 
 @dataclass
@@ -146,7 +154,8 @@ def check_sweep_folder(out: Path, command: str, overwrite: bool) -> None:
                               "--out or --overwrite")
 
 
-def pick_best(outcomes: Sequence[ScaleOutcome]) -> tuple[ScaleOutcome, list[str]]:
+def pick_best(outcomes: Sequence[ScaleOutcome],
+              excluded: str = "is excluded") -> tuple[ScaleOutcome, list[str]]:
     """The eligible scale with the lowest score (ties: the finer), and warnings; every
     scored scale competes when none is eligible."""
     scored = [o for o in outcomes if o.score is not None]
@@ -156,8 +165,8 @@ def pick_best(outcomes: Sequence[ScaleOutcome]) -> tuple[ScaleOutcome, list[str]
     warnings = []
     if not candidates:
         candidates = scored
-        warnings.append("every scale of the sweep copies more than --max-copy of its patches "
-                        "from the scan; the best is picked among all of them")
+        warnings.append(f"every scale of the sweep {excluded}; the best is picked among all "
+                        "of them")
     return min(candidates, key=lambda o: (o.score, o.scale)), warnings
 
 
@@ -181,7 +190,7 @@ def finish(out: Path, manifest: Path, command: str, option: str, criterion: Crit
            ) -> SweepResult:
     """Pick the best scale, keep only it under ``pick == "best"``, then write the sheet (all
     scales, ``reference`` tiles first) and ``summary.json``."""
-    best, warnings = pick_best(outcomes)
+    best, warnings = pick_best(outcomes, criterion.excluded or "is excluded")
     picked = best.scale if pick == "best" else None
     if picked is not None:
         for outcome in outcomes:
@@ -190,7 +199,8 @@ def finish(out: Path, manifest: Path, command: str, option: str, criterion: Crit
     sheet = out / SHEET_FILE
     title = (f"{command} {option} all: {criterion.description} under each image, lower is "
              f"better; best scale {best.scale}" + (" (kept)" if picked is not None else ""))
-    save_contact_sheet(sheet, title, outcomes, best.scale, reference)
+    save_contact_sheet(sheet, title, outcomes, best.scale, reference,
+                       criterion.excluded_label or "(excluded)")
     summary = {
         "command": command, "option": option, "scales": [o.scale for o in outcomes],
         "criterion": {"name": criterion.name, "description": criterion.description,
@@ -230,10 +240,11 @@ def _tile_picture(image: torch.Tensor) -> Image.Image:
 
 
 def save_contact_sheet(path: Path, title: str, outcomes: Sequence[ScaleOutcome], best: int,
-                       reference: Sequence[Tile] = ()) -> None:
+                       reference: Sequence[Tile] = (), excluded_label: str = "(excluded)"
+                       ) -> None:
     """One row per scale (``reference`` tiles in a first row), its label on the left (the
-    best scale's marked), each image :data:`_TILE_HEIGHT` px high with its caption under it;
-    written atomically as a PNG."""
+    best scale's marked, one that may not be picked marked ``excluded_label``), each image
+    :data:`_TILE_HEIGHT` px high with its caption under it; written atomically as a PNG."""
     font = _font()
     line = _FONT_SIZE + 4
     rows: list[tuple[list[str], list[Tile]]] = []
@@ -244,7 +255,7 @@ def save_contact_sheet(path: Path, title: str, outcomes: Sequence[ScaleOutcome],
         if outcome.scale == best:
             label.append("best")
         if not outcome.eligible:
-            label.append("(copies)")
+            label.append(excluded_label)
         rows.append((label, outcome.tiles))
     pictures = [[_tile_picture(t.image) for t in tiles] for _, tiles in rows]
     caption_lines = max((len(t.caption) for _, tiles in rows for t in tiles), default=0)
@@ -300,6 +311,9 @@ def augment_sweep(request: AugmentRequest, pick: str | None = None) -> SweepResu
     variant = results[scales[0]].summary["sifid_variant"]
     criterion = (Criterion("sifid_mean", f"mean SIFID ({variant})") if by_sifid
                  else Criterion("patch_swd_mean", "mean patch SWD"))
+    criterion.excluded = ("copies more than --max-copy of its patches from the scan (mean "
+                          "copy_score)")
+    criterion.excluded_label = "(copies)"
     outcomes = [_augment_outcome(s, results[s].out, results[s].summary, frame, manifest,
                                  mapping, criterion, request.max_copy) for s in scales]
     settings = {"n": request.n, "seed": request.seed, "max_copy": request.max_copy,

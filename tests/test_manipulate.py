@@ -342,8 +342,10 @@ def test_an_edit_at_every_scale_is_scored_per_scale_and_pick_best_keeps_the_lowe
     frame = read_manifest(manifest)
     assert sorted(frame["start_scale"].unique()) == list(range(1, load_run(hand_run).coarsest))
     assert check_manifest(manifest) == []
-    source = source_at_finest(hand_run, tmp_path)
-    excess, pixels = {}, {}
+    source = source_at_finest(hand_run, tmp_path).astype(np.float64)
+    naive = source.copy()
+    naive[16:28, 18:30] = np.asarray(Image.open(lesion))  # the 12 px patch, in the run's units
+    excess, kept, pixels = {}, {}, {}
     for scale, rows in frame.groupby("start_scale"):
         paths = [resolve_image(manifest, image) for image in rows["image"]]
         assert len(paths) == 2 and all(p.parent.name == f"scale_{scale}" for p in paths)
@@ -353,11 +355,18 @@ def test_an_edit_at_every_scale_is_scored_per_scale_and_pick_best_keeps_the_lowe
         pixels[scale] = [read_scan(p).image for p in paths]
         excess[scale] = np.mean([abs(seam_by_numpy(image, mask, source) - base)
                                  for image in pixels[scale]])
+        pasted = np.abs(naive - source)[mask].mean()
+        kept[scale] = np.mean([np.abs(image - source)[mask].mean() / pasted
+                               for image in pixels[scale]])
     summary = json.loads((tmp_path / "all" / "summary.json").read_text())
     assert summary["criterion"]["name"] == "seam_excess_abs_mean"
     for entry in summary["per_scale"]:  # within the DICOM files' integer rounding
         assert entry["score"] == pytest.approx(excess[entry["scale"]], rel=0.02, abs=0.01)
-    lowest = min(excess, key=excess.get)
+        assert entry["finding_kept_mean"] == pytest.approx(kept[entry["scale"]], abs=0.01)
+        assert entry["eligible"] == (kept[entry["scale"]] >= 0.5)
+    # the lowest seam among the scales that keep half of the finding (all, if none does)
+    candidates = [s for s in excess if kept[s] >= 0.5] or list(excess)
+    lowest = min(candidates, key=excess.get)
     assert sweep.best == summary["best_scale"] == lowest and summary["picked_scale"] is None
     with Image.open(sweep.sheet) as sheet:  # source | naive paste, then one row per scale
         assert sheet.height >= (1 + len(excess)) * 128
