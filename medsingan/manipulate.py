@@ -639,7 +639,7 @@ def _edit(request: EditRequest, mode: str) -> ManipulationResult | SweepResult:
         return _sweep(request, run, mode, True, Criterion(
             "seam_excess_abs_mean", "mean |seam excess|",
             excluded=f"keeps less than {MIN_FINDING_KEPT:g} of the pasted finding (mean "
-            "finding_kept)", excluded_label="(finding lost)"), reference,
+            "finding_kept)", excluded_label="finding lost"), reference,
             lambda scale_request, scale: _edit_at(scale_request, run, insertion, mode, scale))
     check_pick(request.pick, False, "--inject-scale")
     scale = (default_inject_scale(run.pyramid, insertion.box) if request.inject_scale is None

@@ -84,7 +84,7 @@ def report_sweep(result: SweepResult) -> None:
                f"{criterion} (lower is better)")
     for outcome in result.outcomes:
         score = "-" if outcome.score is None else f"{outcome.score:.4g}"
-        note = "" if outcome.eligible else f"  {result.criterion.excluded_label}: not picked"
+        note = "" if outcome.eligible else f"  (not picked: {result.criterion.excluded_label})"
         typer.echo(f"  scale {outcome.scale}: {len(outcome.listed)} file(s), {score}{note}")
     typer.echo(f"best scale: {result.best} ({criterion} {result.summary['best_score']:.4g})")
     if result.picked is not None:
