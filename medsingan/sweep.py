@@ -349,6 +349,9 @@ def _augment_outcome(scale: int, folder: Path, summary: dict[str, Any], frame: A
                        + ("" if copy is None or np.isnan(copy) else f", copy {copy:.2f}"))
         tiles.append(Tile(torch.from_numpy(mapping.to_unit(image))[None, None], caption))
     images = [resolve_image(manifest, str(image)) for image in mine["image"]]
+    # an image+mask run's masks (medsingan.masks) go with their samples
+    images += [resolve_image(manifest, str(mask)) for mask in mine.get("mask", [])
+               if isinstance(mask, str) and mask]
     copy_mean, similarity = summary.get("copy_score_mean"), summary.get("similarity_mean")
     return ScaleOutcome(
         scale=scale, score=summary.get(criterion.name), tiles=tiles,

@@ -294,3 +294,15 @@ def test_a_missing_mask_is_drawn_again_and_the_others_read_back(mask_run, augmen
     assert "masks: area fraction mean" in stdout
     assert lost.read_bytes() == before  # sample i depends on (seed, i) only
     assert json.loads((out / "summary.json").read_text())["masks"]["pairs"] == 4
+
+
+def test_a_picked_sweep_keeps_the_masks_of_its_samples_only(mask_run, tmp_path):
+    from medsingan.sweep import augment_sweep
+
+    augment_sweep(AugmentRequest(run_dir=mask_run, n=2, start_scale="all", sifid=False,
+                                 progress=False, out=tmp_path / "sweep",
+                                 manifest=tmp_path / "sweep.csv"), "best")
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    listed = {(tmp_path / path).resolve() for path in table["mask"]}
+    on_disk = {path.resolve() for path in (tmp_path / "sweep").rglob("*_mask.png")}
+    assert len(listed) == 2 and on_disk == listed
