@@ -9,6 +9,14 @@ processes on a shared machine only ever add time) and the median is shown beside
 
     python benchmarks/train_speed.py [--iters 4] [--size 250] [--configs paper fast]
 
+With ``--batched K [K ...]`` it measures batched multi-model training instead
+(:mod:`medsingan.batched`): K crops of the chest (K different images of one size) trained
+alone one after the other, then as one batch, each in a fresh process, the two right after
+each other for every K; whole schedule of ``--iters`` iterations per scale; models per hour
+of both and their ratio:
+
+    python benchmarks/train_speed.py --batched 1 2 4 8 --size 64 --iters 20 --configs fast
+
 Prints JSON with the official SinGAN's per-iteration figures on this kind of machine (2 CPU
 cores) and the ratios to them.
 """
@@ -31,6 +39,8 @@ from typing import Any
 import torch
 from real_scans import chest_square
 
+from medsingan.batched import train_batch
+from medsingan.pyramid import resize
 from medsingan.train import HISTORY_FILE, TrainConfig, run_summary, train
 
 # Official SinGAN (3 channels, defaults), seconds per iteration on 2 CPU cores (issue #3).
@@ -93,13 +103,73 @@ def measure(name: str, overrides: dict[str, Any], size: int, iters: int,
     }
 
 
+def chest_crops(count: int, size: int) -> list[torch.Tensor]:
+    """``count`` different squares of the chest (shifted windows of 60 % of its short side),
+    each resized to ``size`` px."""
+    image = chest_square(1024)
+    side = 614
+    crops = []
+    for k in range(count):
+        offset = round(k * (1024 - side) / max(count - 1, 1))
+        window = image[..., offset:offset + side, (1024 - side) // 2:(1024 + side) // 2]
+        crops.append(resize(window, (size, size)).clamp(-1, 1))
+    return crops
+
+
+def measure_batched(overrides: dict[str, Any], size: int, iters: int, k: int, batched: bool,
+                    threads: int | None) -> dict[str, Any]:
+    """Train ``k`` models (alone one after the other, or as one batch); wall and peak RSS."""
+    if threads:
+        torch.set_num_threads(threads)
+    config = TrainConfig(**overrides, max_size=size, iters=iters, device="cpu")
+    images = chest_crops(k, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = [Path(tmp) / f"m{i}" for i in range(k)]
+        started = time.perf_counter()
+        if batched:
+            train_batch(images, [config] * k, dirs, progress=False)
+        else:
+            for image, run_dir in zip(images, dirs, strict=True):
+                train(image, config, run_dir, progress=False)
+        wall = time.perf_counter() - started
+    return {"k": k, "batched": batched, "wall_s": round(wall, 2),
+            "models_per_hour": round(k * 3600 / wall, 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def batched_main(args: argparse.Namespace) -> None:
+    name = args.configs[0]
+    rows = []
+    for k in args.batched:
+        pair = {}
+        for batched in (False, True):
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                pair[batched] = pool.submit(measure_batched, PRESETS[name], args.size,
+                                            args.iters, k, batched, args.threads).result()
+        rows.append({"k": k, "alone": pair[False], "batched": pair[True],
+                     "speedup_models_per_hour": round(pair[False]["wall_s"]
+                                                      / pair[True]["wall_s"], 2)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    json.dump({"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                           "device": "cpu"},
+               "config": name, "size": args.size, "iters_per_scale": args.iters,
+               "threads": args.threads or torch.get_num_threads(), "results": rows},
+              sys.stdout, indent=2)
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=4, help="iterations per scale (1 warm-up)")
     parser.add_argument("--size", type=int, default=250, help="max side in px")
     parser.add_argument("--configs", nargs="+", default=["paper", "fast"], choices=list(PRESETS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--batched", type=int, nargs="+", default=None, metavar="K",
+                        help="measure batched training of K models instead (first --configs)")
     args = parser.parse_args()
+    if args.batched:
+        batched_main(args)
+        return
     results = []
     for name in args.configs:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:

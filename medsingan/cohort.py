@@ -36,14 +36,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medsingan.augment import DEFAULT_MAX_COPY, AugmentRequest, ScanSource, augment, read_unit
-from medsingan.errors import ConfigError, MedsinganError, RunDirError
+from medsingan.batched import batch_key, train_batch
+from medsingan.errors import ConfigError, MedsinganError, RunDirError, warn_user
 from medsingan.io.atomic import atomic_path
 from medsingan.manifest import check_manifest, merge_manifests, read_manifest, resolve_image
 from medsingan.model.previews import to_uint8
 from medsingan.preprocess import IntensityMapping
 from medsingan.roi import region_of_run
-from medsingan.runs import train_scan
-from medsingan.train import load_run
+from medsingan.runs import prepare_training, train_scan
+from medsingan.train import DEFAULT_LOSS, load_run
 
 # Presets a manifest's modality column may name; anything else is detected (auto).
 _MODALITIES = ("xray", "ct", "mri", "dental", "generic")
@@ -75,6 +76,19 @@ class TrainTask:
     speed_preset: str
     overrides: dict[str, Any]
     threads: int
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Models of one pyramid geometry and one set of settings, trained together as one
+    batched network (:mod:`medsingan.batched`)."""
+
+    tasks: tuple[TrainTask, ...]
+
+    @property
+    def run_dir(self) -> str:
+        """The first model's run directory, which names the batch in progress reports."""
+        return self.tasks[0].run_dir
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,21 @@ def _row_preset(row: dict[str, Any], modality: str | None) -> str:
     return modality or (row["modality"] if row["modality"] in _MODALITIES else "auto")
 
 
+def _is_complete(run_dir: Path) -> bool:
+    if not (run_dir / "config.json").is_file():
+        return False
+    with contextlib.suppress(MedsinganError):
+        return load_run(run_dir).is_complete
+    return False
+
+
+def _prepare(task: TrainTask) -> Any:
+    return prepare_training(Path(task.image), Path(task.run_dir), modality=task.modality,
+                            window=task.window, speed_preset=task.speed_preset,
+                            overrides=task.overrides, label=task.label, split=task.split,
+                            subject_id=task.subject_id)
+
+
 def train_one(task: TrainTask) -> TaskResult:
     """Train (or resume, or skip) one model; errors come back as a one-line message."""
     torch.set_num_threads(task.threads)
@@ -208,10 +237,8 @@ def train_one(task: TrainTask) -> TaskResult:
     started = time.perf_counter()
     run_dir = Path(task.run_dir)
     try:
-        if (run_dir / "config.json").is_file():
-            with contextlib.suppress(MedsinganError):
-                if load_run(run_dir).is_complete:
-                    return TaskResult(name, "skipped")
+        if _is_complete(run_dir):
+            return TaskResult(name, "skipped")
         train_scan(Path(task.image), run_dir, modality=task.modality, window=task.window,
                    speed_preset=task.speed_preset, overrides=task.overrides,
                    resume=(run_dir / "config.json").is_file(), progress=False,
@@ -219,6 +246,74 @@ def train_one(task: TrainTask) -> TaskResult:
     except Exception as exc:  # reported per task; the other tasks go on
         return TaskResult(name, "failed", time.perf_counter() - started, _one_line(exc))
     return TaskResult(name, "trained", time.perf_counter() - started)
+
+
+def batch_train_tasks(tasks: Sequence[TrainTask], batch_models: int
+                      ) -> tuple[list[TrainBatch], list[TaskResult]]:
+    """Bucket ``tasks`` by pyramid geometry and settings into batches of at most
+    ``batch_models`` models (a bucket's remainder makes a smaller batch); finished runs are
+    skipped and scans that cannot be read reported, here, once."""
+    if batch_models < 1:
+        raise ConfigError(f"--batch-models must be at least 1, got {batch_models}")
+    buckets: dict[Any, list[TrainTask]] = {}
+    results = []
+    for task in tasks:
+        name = Path(task.run_dir).name
+        if _is_complete(Path(task.run_dir)):
+            results.append(TaskResult(name, "skipped"))
+            continue
+        try:
+            prepared = _prepare(task)
+        except Exception as exc:
+            results.append(TaskResult(name, "failed", error=_one_line(exc)))
+            continue
+        key = (batch_key(prepared.image, prepared.config)
+               if prepared.config.loss == DEFAULT_LOSS else task.run_dir)  # a critic-free
+        buckets.setdefault(key, []).append(task)  # loss trains alone
+    batches = [TrainBatch(tuple(bucket[i:i + batch_models]))
+               for bucket in buckets.values() for i in range(0, len(bucket), batch_models)]
+    return batches, results
+
+
+def train_batch_one(batch: TrainBatch) -> TaskResult:
+    """Train a batch's models together; one result whose ``details["results"]`` holds each
+    model's. Runs that stopped at different scales are resumed one at a time instead."""
+    if len(batch.tasks) == 1:
+        return _batch_result(batch, [train_one(batch.tasks[0])])
+    torch.set_num_threads(batch.tasks[0].threads)
+    started = time.perf_counter()
+    names = [Path(task.run_dir).name for task in batch.tasks]
+    try:
+        prepared = [_prepare(task) for task in batch.tasks]
+        for item in prepared:
+            warn_user(item.extra["warnings"])
+        try:
+            train_batch([p.image for p in prepared], [p.config for p in prepared],
+                        [p.run_dir for p in prepared], extras=[p.extra for p in prepared],
+                        resume=True, progress=False)
+        except ConfigError as exc:
+            if "different scales" not in str(exc):
+                raise
+            return _batch_result(batch, [train_one(task) for task in batch.tasks])
+    except Exception as exc:  # the batch's models fail together; other batches go on
+        seconds = time.perf_counter() - started
+        return _batch_result(batch, [TaskResult(name, "failed", seconds, _one_line(exc))
+                                     for name in names])
+    seconds = (time.perf_counter() - started) / len(names)
+    return _batch_result(batch, [TaskResult(name, "trained", seconds) for name in names])
+
+
+def _batch_result(batch: TrainBatch, results: list[TaskResult]) -> TaskResult:
+    return TaskResult(Path(batch.run_dir).name, "batch",
+                      details={"results": [asdict(r) for r in results]})
+
+
+def _unbatched(batch: TrainBatch, result: TaskResult) -> list[TaskResult]:
+    """Each model's result of a batch (all failed alike when its worker died)."""
+    if result.status == "batch":
+        return [TaskResult(**r) for r in result.details["results"]]
+    return [TaskResult(Path(task.run_dir).name, result.status, result.seconds, result.error)
+            for task in batch.tasks]
 
 
 def augment_tasks(manifest: Path, runs: Path, *, per_scan: int, start_scale: str = "N",
@@ -404,11 +499,22 @@ def _task_name(task: Any) -> str:
 # --- the two commands ---------------------------------------------------------------------------
 
 def cohort_train(manifest: Path, runs: Path, *, executing: Executing = Executing(),
-                 **options: Any) -> CohortReport:
-    """Train one model per selected real row (see :func:`train_tasks`)."""
+                 batch_models: int = 1, **options: Any) -> CohortReport:
+    """Train one model per selected real row (see :func:`train_tasks`); with
+    ``batch_models`` K > 1, scans of one geometry train K at a time in one batched network
+    per task (:func:`batch_train_tasks`)."""
     tasks = train_tasks(manifest, runs, executing=executing, **options)
-    results = run_tasks(train_one, tasks, executing, f"training {len(tasks)} model(s)")
-    return CohortReport(results)
+    if batch_models == 1:
+        return CohortReport(run_tasks(train_one, tasks, executing,
+                                      f"training {len(tasks)} model(s)"))
+    batches, results = batch_train_tasks(tasks, batch_models)
+    done = run_tasks(train_batch_one, batches, executing,
+                     f"training {len(tasks) - len(results)} model(s) in {len(batches)} "
+                     "batch(es)")
+    for batch, result in zip(batches, done, strict=True):
+        results += _unbatched(batch, result)
+    order = {Path(task.run_dir).name: i for i, task in enumerate(tasks)}
+    return CohortReport(sorted(results, key=lambda r: order[r.name]))
 
 
 def cohort_augment(manifest: Path, runs: Path, output: Path, *, per_scan: int,

@@ -48,6 +48,9 @@ RetriesOpt = Annotated[int, typer.Option(
     "--retries", help="Times a task whose worker died is run again (local pool and "
     "--scheduler local; a remote cluster follows its own allowed-failures).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+BatchModelsOpt = Annotated[int, typer.Option(
+    "--batch-models", help="Train up to K scans of one size and one preset together as one "
+    "batched network per task (each keeps its own run, weights as if trained alone).")]
 
 
 def _executing(workers: int, scheduler: str | None, gpus: int, retries: int, quiet: bool):
@@ -145,6 +148,7 @@ def register(app: typer.Typer, manifest_app: typer.Typer) -> None:
         scheduler: SchedulerOpt = None,
         gpus_per_task: GpusOpt = 0,
         retries: RetriesOpt = 2,
+        batch_models: BatchModelsOpt = 1,
         quiet: QuietOpt = False,
     ) -> None:
         """Train one model per real row of the selected splits; finished runs are skipped,
@@ -153,7 +157,7 @@ def register(app: typer.Typer, manifest_app: typer.Typer) -> None:
 
         report = run(manifest, runs, executing=_executing(workers, scheduler, gpus_per_task,
                                                           retries, quiet),
-                     splits=tuple(split or ("train",)),
+                     batch_models=batch_models, splits=tuple(split or ("train",)),
                      modality=None if modality is None else modality.value, window=window,
                      speed_preset=preset.value,
                      overrides={"iters": iters, "min_size": min_size, "max_size": max_size,

@@ -1,0 +1,420 @@
+"""Batched multi-model training: K scans of one geometry trained together as one network.
+
+Every network of the K models at a scale is packed into one *grouped* network: each
+convolution becomes a convolution with ``groups=K`` whose weight is the K models' weights
+stacked along the output channels, each normalisation layer the K layers' channels side by
+side. Model ``k`` owns channels ``[k*C, (k+1)*C)`` of the image, and no layer mixes channels of
+different groups, so the grouped network computes exactly the K networks side by side (batch
+and instance norm of a single image normalise each channel by its own statistics). The loss
+is the sum of the K models' own losses, whose gradient with respect to model ``k``'s weights is
+that model's own gradient; Adam works element by element, so one Adam over the stacked weights
+takes the K models' own steps. Each model draws its noise from its own seeded streams, in the
+order :mod:`medsingan.train` does, and keeps its own noise amplitudes, history, scores and run
+directory: training K models batched gives each the weights it gets trained alone (up to
+float rounding).
+
+What it saves is launch and interpreter overhead: the small convolutions of SinGAN's coarse
+scales leave a CPU or GPU mostly idle, and K of them in one launch keep it busy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import medsingan
+from medsingan.errors import ConfigError, TrainingInterrupted
+from medsingan.masks import mask_channels
+from medsingan.model.blocks import InstanceNorm
+from medsingan.model.container import TrainedPyramid
+from medsingan.model.networks import Discriminator, Generator
+from medsingan.model.noise import Stream, draw_noise, seeded_generator
+from medsingan.monitor import MonitorOptions, ScaleScorer, training_sifid
+from medsingan.pyramid import build_image_pyramid, effective_scale_factor, pyramid_shapes, resize
+from medsingan.train import (
+    CONFIG_FILE,
+    DEFAULT_LOSS,
+    HISTORY_FILE,
+    RUN_FORMAT,
+    TrainConfig,
+    _check_image,
+    _check_same_source,
+    _init_networks,
+    _load_critics,
+    _prepare_run_dir,
+    _read_history,
+    _reconstruction_start,
+    _Reporter,
+    _save_curves,
+    _save_scale,
+    _trim_heap,
+    _write_json,
+)
+
+# TrainConfig fields that may differ between the models of one batch.
+_PER_MODEL = ("seed", "log_every")
+
+
+def group_networks(networks: Sequence[nn.Module]) -> nn.Module:
+    """One network computing ``networks`` (of identical structure) side by side on
+    ``(B, K*C, H, W)``: model ``k`` reads and writes channel group ``k``.
+
+    >>> from medsingan.model.networks import NetSpec
+    >>> nets = [Discriminator(NetSpec(width=8)) for _ in range(3)]
+    >>> x = torch.randn(1, 3, 20, 20)
+    >>> y = group_networks(nets)(x)
+    >>> all(torch.allclose(y[:, k:k + 1], nets[k](x[:, k:k + 1]), atol=1e-6) for k in range(3))
+    True
+    """
+    k = len(networks)
+    grouped = copy.deepcopy(networks[0])
+    for parent in list(grouped.modules()):
+        for name, child in list(parent.named_children()):
+            wide = _widened(child, k)
+            if wide is not None:
+                setattr(parent, name, wide)
+    states = [network.state_dict() for network in networks]
+    grouped.load_state_dict({key: torch.cat([state[key] for state in states])
+                             if value.ndim else value for key, value in states[0].items()})
+    return grouped
+
+
+def _widened(layer: nn.Module, k: int) -> nn.Module | None:
+    """``layer`` for K channel groups (``None``: a container or a layer without weights, kept)."""
+    tensor = next(iter([*layer.parameters(recurse=False), *layer.buffers(recurse=False)]), None)
+    if tensor is None:
+        return None
+    like = {"dtype": tensor.dtype if tensor.is_floating_point() else None,
+            "device": tensor.device}
+    if isinstance(layer, nn.Conv2d):
+        if layer.stride != (1, 1) or layer.dilation != (1, 1) or layer.padding != (0, 0):
+            raise ValueError("only unpadded, unstrided convolutions can be grouped")
+        return nn.Conv2d(k * layer.in_channels, k * layer.out_channels, layer.kernel_size,
+                         groups=k * layer.groups, bias=layer.bias is not None, **like)
+    if isinstance(layer, InstanceNorm):
+        return InstanceNorm(k * layer.num_features, eps=layer.eps, affine=layer.affine, **like)
+    if isinstance(layer, nn.BatchNorm2d):
+        return nn.BatchNorm2d(k * layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                              affine=layer.affine, **like)
+    raise ValueError(f"cannot group a {type(layer).__name__} layer")
+
+
+def split_network(grouped: nn.Module, networks: Sequence[nn.Module]) -> None:
+    """Copy the weights of model ``k`` of ``grouped`` into ``networks[k]`` (in place)."""
+    chunks = {key: value.chunk(len(networks)) if value.ndim else [value] * len(networks)
+              for key, value in grouped.state_dict().items()}
+    for k, network in enumerate(networks):
+        network.load_state_dict({key: parts[k] for key, parts in chunks.items()})
+
+
+def per_model_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The mean of each model's channel group of ``(1, K*C, h, w)``: shape ``(K,)``."""
+    return x.float().reshape(k, -1).mean(dim=1)
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(list(tensors), dim=1)
+
+
+def _amps(values: Sequence[float], channels: int, like: torch.Tensor) -> torch.Tensor:
+    """Per-model factors (noise amplitudes, interpolation weights) as ``(1, K*C, 1, 1)``, in
+    the dtype and on the device of ``like``."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).repeat_interleave(
+        channels).view(1, -1, 1, 1)
+
+
+@dataclass
+class _Model:
+    """One model of a batch: its run directory, config, pyramid, critics, history, metadata."""
+
+    run_dir: Path
+    config: TrainConfig
+    pyramid: TrainedPyramid
+    critics: dict[int, Discriminator]
+    history: list[dict[str, float]]
+    metadata: dict[str, Any]
+
+
+@dataclass
+class _GroupScale:
+    """Everything one batched scale needs: the grouped networks and the stacked tensors."""
+
+    scale: int
+    k: int
+    channels: int
+    frozen: TrainedPyramid  # the grouped frozen coarser scales
+    generator: Generator
+    critic: Discriminator
+    real: torch.Tensor
+    amps: torch.Tensor
+    rec_previous: torch.Tensor
+    rngs: list[torch.Generator]
+
+
+def _random_previous(group: _GroupScale) -> torch.Tensor:
+    """Each model's up-sampled output of its frozen coarser scales on a fresh random path,
+    its noise drawn from its own stream in the order the single-model trainer draws it."""
+    frozen, scale = group.frozen, group.scale
+    if scale == frozen.coarsest:
+        return torch.zeros_like(group.rec_previous)
+    noises = [_stack([draw_noise((1, group.channels, *frozen.shapes[s]), rng, frozen.device)
+                      for rng in group.rngs])
+              for s in range(frozen.coarsest, scale, -1)]
+    with torch.no_grad():
+        coarse = frozen.forward_scales(frozen.coarsest, scale + 1, noises)
+    return resize(coarse, frozen.shapes[scale])
+
+
+def _gradient_penalty(group: _GroupScale, fake: torch.Tensor) -> torch.Tensor:
+    """Each model's WGAN-GP penalty (see :func:`medsingan.train.gradient_penalty`), ``(K,)``."""
+    a = _amps([float(torch.rand((), generator=rng)) for rng in group.rngs], group.channels,
+              group.real)
+    mixed = (a * group.real + (1 - a) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(group.critic(mixed).float().sum(), mixed, create_graph=True)
+    _, _, h, w = grad.shape
+    norms = grad.reshape(group.k, group.channels, h, w).norm(2, dim=1)
+    return ((norms - 1) ** 2).reshape(group.k, -1).mean(dim=1)
+
+
+def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporter
+                       ) -> list[list[dict[str, float]]]:
+    """:func:`medsingan.train._train_scale` for K models at once; their history rows."""
+    k, real = group.k, group.real
+    autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
+    gen, critic = group.generator.train(), group.critic.train()
+    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
+    drop_at = math.ceil(config.lr_drop_at * config.iters)
+    rec_noise = group.frozen.reconstruction_noise(group.scale)
+    rec_input = group.amps * rec_noise + group.rec_previous
+    rows: list[list[dict[str, float]]] = [[] for _ in range(k)]
+    critic_steps = 0
+    gp = torch.zeros(k, device=real.device)
+    start = time.perf_counter()
+    for it in range(config.iters):
+        if it == drop_at:
+            for opt in (opt_g, opt_d):
+                for param_group in opt.param_groups:
+                    param_group["lr"] *= config.lr_drop_factor
+        with autocast:
+            previous = _random_previous(group)
+        noise = _stack([draw_noise((1, group.channels, *real.shape[-2:]), rng, real.device)
+                        for rng in group.rngs])
+        noisy = group.amps * noise + previous
+        with torch.no_grad(), autocast:
+            fake = gen(noisy, previous)
+        critic.requires_grad_(True)
+        for _ in range(config.d_steps):
+            opt_d.zero_grad(set_to_none=True)
+            with autocast:
+                d_real = per_model_mean(critic(real), k)
+            (-d_real.sum()).backward()
+            with autocast:
+                d_fake = per_model_mean(critic(fake), k)
+            d_fake.sum().backward()
+            d_loss = d_fake.detach() - d_real.detach()
+            if config.gp_weight > 0 and critic_steps % config.gp_every == 0:
+                with autocast:
+                    gp = _gradient_penalty(group, fake)
+                penalty = config.gp_weight * config.gp_every * gp
+                penalty.sum().backward()
+                d_loss = d_loss + penalty.detach()
+            critic_steps += 1
+            opt_d.step()
+        critic.requires_grad_(False)
+        for _ in range(config.g_steps):
+            opt_g.zero_grad(set_to_none=True)
+            with autocast:
+                g_adv = -per_model_mean(critic(gen(noisy, previous)), k)
+            g_adv.sum().backward()
+            with autocast, torch.set_grad_enabled(config.alpha > 0):
+                rec = per_model_mean((gen(rec_input, group.rec_previous).float() - real) ** 2, k)
+            if config.alpha > 0:
+                (config.alpha * rec).sum().backward()
+            opt_g.step()
+        if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
+            seconds = time.perf_counter() - start
+            lr = opt_g.param_groups[0]["lr"]
+            for m, (d, g, r, p) in enumerate(zip(d_loss.tolist(), g_adv.tolist(), rec.tolist(),
+                                                 gp.tolist(), strict=True)):
+                rows[m].append({"scale": group.scale, "iter": it + 1, "d_loss": d, "g_adv": g,
+                                "rec_loss": r, "gp": p, "lr": lr, "seconds": seconds})
+            report.advance(it + 1, {key: sum(r[-1][key] for r in rows) / k
+                                    for key in ("d_loss", "g_adv", "rec_loss")})
+    return rows
+
+
+def batch_key(image: torch.Tensor, config: TrainConfig) -> tuple[Any, ...]:
+    """What models must share to train in one batch: channels, pyramid shapes and every
+    setting but the per-model ones (seed, log interval)."""
+    shapes = pyramid_shapes(image.shape[-2], image.shape[-1], config.min_size, config.max_size,
+                            config.scale_factor)
+    settings = json.dumps({k: v for k, v in config.to_dict().items() if k not in _PER_MODEL},
+                          sort_keys=True)
+    return image.shape[1], tuple(shapes), settings
+
+
+def _check_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
+                 run_dirs: Sequence[Path]) -> list[tuple[int, int]]:
+    """ConfigError unless the models can train as one batch; returns their pyramid shapes."""
+    if not images or len(images) != len(configs) or len(images) != len(run_dirs):
+        raise ConfigError("a batch needs one image, one config and one run directory per model")
+    if len({Path(d).resolve() for d in run_dirs}) != len(run_dirs):
+        raise ConfigError("two models of a batch share a run directory")
+    keys = []
+    for image, config in zip(images, configs, strict=True):
+        config.validate()
+        if config.loss != DEFAULT_LOSS:
+            raise ConfigError(f"batched training trains the {DEFAULT_LOSS} critic only "
+                              f"(--loss {config.loss} trains one model at a time)")
+        keys.append(batch_key(image, config))
+    if len({key[:2] for key in keys}) > 1:
+        raise ConfigError("the scans of a batch differ in pyramid geometry (size or channels): "
+                          "batch scans of one size only")
+    if len({key[2] for key in keys}) > 1:
+        raise ConfigError("the models of a batch must share every training setting but "
+                          "the seed")
+    return list(keys[0][1])
+
+
+def _open_model(image: torch.Tensor, config: TrainConfig, run_dir: Path,
+                extra: dict[str, Any] | None, shapes: list[tuple[int, int]], resume: bool,
+                overwrite: bool) -> _Model:
+    """A model's run directory opened as :func:`medsingan.train.train` opens it."""
+    reals = build_image_pyramid(image, shapes, mask_channels(extra))  # masks: nearest
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
+    if stored is not None:
+        _check_same_source(run_dir, stored.get("extra") or {}, extra or {})
+    metadata = stored or {
+        "format": RUN_FORMAT, "version": medsingan.__version__, "train": config.to_dict(),
+        "extra": extra,
+        "geometry": {"source_shape": list(image.shape[-2:]), "channels": image.shape[1],
+                     "shapes": [list(s) for s in shapes],
+                     "scale_factor": effective_scale_factor(shapes)},
+        "progress": {},
+    }
+    metadata["train"] = config.to_dict()
+    critics: dict[int, Discriminator] = {}
+    if pyramid is None:
+        z_rng = seeded_generator(config.seed, Stream.RECONSTRUCTION)
+        pyramid = TrainedPyramid(reals=reals,
+                                 z_star=draw_noise((1, image.shape[1], *shapes[-1]), z_rng))
+        metadata["progress"] = {}
+        _write_json(run_dir / CONFIG_FILE, metadata)
+    else:
+        critics = _load_critics(run_dir, pyramid)
+    pyramid.metadata = metadata
+    history = _read_history(run_dir / HISTORY_FILE, set(pyramid.generators))
+    return _Model(run_dir, config, pyramid, critics, history, metadata)
+
+
+def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
+                run_dirs: Sequence[Path], *, extras: Sequence[dict[str, Any] | None] | None = None,
+                resume: bool = False, overwrite: bool = False, progress: bool = True,
+                last_scale: int = 0, monitor: MonitorOptions | None = None
+                ) -> list[TrainedPyramid]:
+    """Train K SinGAN models at once, one per image, each into its own run directory.
+
+    Same arguments as :func:`medsingan.train.train`, one per model; the images must give the
+    same pyramid (size and channels) and the configs may differ in ``seed`` (and
+    ``log_every``) only. Each run directory ends up as :func:`~medsingan.train.train` writes
+    it, with weights equal to training that model alone (up to float rounding). Resuming
+    needs every model at the same finished scale.
+
+    Raises:
+        ConfigError: models that cannot share a batch; the rest as :func:`~medsingan.train.train`.
+    """
+    monitor = (monitor or MonitorOptions()).validate()
+    if monitor.tensorboard is not None:
+        raise ConfigError("--tensorboard follows one model: train without batching")
+    images = [_check_image(image) for image in images]
+    shapes = _check_batch(images, configs, run_dirs)
+    if not 0 <= last_scale < len(shapes):
+        raise ConfigError(f"last_scale must lie in 0..{len(shapes) - 1}, got {last_scale}")
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: choose one")
+    config = configs[0]
+    device = config.resolved_device()
+    scorer = ScaleScorer(training_sifid(monitor, device))
+    models = [_open_model(image, cfg, Path(run_dir), extra, shapes, resume, overwrite)
+              for image, cfg, run_dir, extra in zip(images, configs, run_dirs,
+                                                    extras or [None] * len(images), strict=True)]
+    finest = {m.pyramid.finest_trained for m in models}
+    if len(finest) > 1:
+        raise ConfigError("the runs of a batch stopped at different scales: resume them one "
+                          "at a time")
+    for model in models:
+        model.pyramid.to(device)
+    channels, k, coarsest = images[0].shape[1], len(models), len(shapes) - 1
+    frozen = TrainedPyramid(reals=[_stack([m.pyramid.reals[s] for m in models])
+                                   for s in range(len(shapes))],
+                            z_star=_stack([m.pyramid.z_star for m in models]))
+    for scale in sorted(models[0].pyramid.generators):
+        frozen.generators[scale] = group_networks(
+            [m.pyramid.generators[scale] for m in models]).to(device)
+        frozen.noise_amps[scale] = _amps([m.pyramid.noise_amps[scale] for m in models],
+                                         channels, frozen.z_star)
+    report = _Reporter(progress, len(shapes), config.iters)
+    scale = saved = finest.pop()
+    try:
+        for scale in range(saved - 1, last_scale - 1, -1):
+            spec = config.net_spec(channels, coarsest - scale)
+            nets = [_init_networks(spec, m.pyramid, m.critics, scale, m.config, device)
+                    for m in models]
+            starts = [_reconstruction_start(m.pyramid, scale, m.config) for m in models]
+            _trim_heap()
+            group = _GroupScale(
+                scale, k, channels, frozen,
+                group_networks([g for g, _ in nets]).to(device),
+                group_networks([d for _, d in nets]).to(device),
+                frozen.reals[scale], _amps([amp for _, amp in starts], channels, frozen.z_star),
+                _stack([previous for previous, _ in starts]),
+                [seeded_generator(m.config.seed, Stream.TRAIN_NOISE, scale) for m in models])
+            started = time.perf_counter()
+            with report.scale(scale):
+                rows = _train_group_scale(group, config, report)
+            seconds = time.perf_counter() - started
+            split_network(group.generator, [g for g, _ in nets])
+            split_network(group.critic, [d for _, d in nets])
+            frozen.generators[scale] = group.generator.eval().requires_grad_(False)
+            frozen.noise_amps[scale] = group.amps
+            for model, (generator, critic), (_, amp), model_rows in zip(
+                    models, nets, starts, rows, strict=True):
+                _finish_scale(model, scale, generator, critic, amp, model_rows, seconds, k,
+                              scorer, monitor)
+                report.finished(scale, shapes[scale], spec.width, amp, model_rows,
+                                model.metadata["progress"][str(scale)]["scores"])
+            saved = scale
+            _trim_heap()
+        for model in models:
+            _save_curves(model.run_dir, model.history, model.metadata, model.pyramid.noise_amps)
+    except KeyboardInterrupt:
+        done = f"scales {coarsest}..{saved} are saved" if saved <= coarsest else "nothing is saved"
+        raise TrainingInterrupted(f"training interrupted at scale {scale}; {done} in each of "
+                                  f"the {k} run directories: continue with --resume") from None
+    return [m.pyramid for m in models]
+
+
+def _finish_scale(model: _Model, scale: int, generator: Generator, critic: Discriminator,
+                  amp: float, rows: list[dict[str, float]], seconds: float, k: int,
+                  scorer: ScaleScorer, monitor: MonitorOptions) -> None:
+    """Freeze one model's scale and save it as the single-model trainer does."""
+    model.pyramid.generators[scale] = generator.eval().requires_grad_(False)
+    model.pyramid.noise_amps[scale] = amp
+    model.critics[scale] = critic.eval().requires_grad_(False)
+    model.history += rows
+    # a model's share of the batch's time: the K runs' seconds add up to the wall time
+    model.metadata["progress"][str(scale)] = {"iters": model.config.iters,
+                                              "seconds": seconds / k, "batch_models": k}
+    _save_scale(model.run_dir, model.pyramid, model.critics, model.history, model.metadata,
+                scale, model.config.seed, scorer, monitor.score_samples)

@@ -1,0 +1,190 @@
+"""Batched multi-model training: K models in one grouped network train as each would alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsingan.batched import _GroupScale, _train_group_scale, group_networks, train_batch
+from medsingan.errors import ConfigError
+from medsingan.model.blocks import init_weights
+from medsingan.model.container import TrainedPyramid
+from medsingan.model.networks import Discriminator, Generator
+from medsingan.model.noise import Stream, draw_noise, seeded_generator
+from medsingan.pyramid import build_image_pyramid, pyramid_shapes, resize
+from medsingan.runs import prepare_training
+from medsingan.train import TrainConfig, _Reporter, _ScaleJob, _train_scale, load_run, train
+from tests.conftest import dicom_file, nifti_file
+
+
+@pytest.fixture(scope="module")
+def three_scans() -> list[torch.Tensor]:
+    """A CT slice, an MR slice and a slice of an MR volume, each as medsingan maps it, brought
+    to one 32 x 32 px geometry."""
+    sources = [(dicom_file("CT_small.dcm"), None), (dicom_file("MR_small.dcm"), None),
+               (nifti_file("anatomical.nii"), 12)]
+    return [resize(prepare_training(path, slice_index=index).image, (32, 32)).clamp(-1, 1)
+            for path, index in sources]
+
+
+def _max_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    return max(float((x.double() - y.double()).abs().max()) for x, y in pairs)
+
+
+def _psnr(pyramid: TrainedPyramid) -> float:
+    mse = float(torch.mean((pyramid.reconstruct(0) - pyramid.reals[0]) ** 2))
+    return 10 * math.log10(4 / mse)  # the images span [-1, 1]
+
+
+def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path):
+    # norm none: every weight has a real gradient (see the float64 test for batch norm)
+    config = TrainConfig(iters=2, max_size=32, min_size=25, norm="none", device="cpu",
+                         log_every=1)
+    configs = [config, TrainConfig(**{**config.to_dict(), "betas": config.betas, "seed": 7}),
+               config]
+    alone = [train(image, cfg, tmp_path / f"alone{k}", progress=False)
+             for k, (image, cfg) in enumerate(zip(three_scans, configs, strict=True))]
+    batch_dirs = [tmp_path / f"batch{k}" for k in range(3)]
+    batched = train_batch(three_scans, configs, batch_dirs, progress=False)
+    for single, together, run_dir in zip(alone, batched, batch_dirs, strict=True):
+        assert sorted(together.generators) == sorted(single.generators) == [0, 1, 2]
+        for scale, generator in single.generators.items():
+            assert _max_difference(generator, together.generators[scale]) < 1e-5
+            assert together.noise_amps[scale] == pytest.approx(single.noise_amps[scale],
+                                                               rel=1e-5)
+        reloaded = load_run(run_dir)  # a complete, ordinary run directory
+        assert reloaded.is_complete
+        assert torch.allclose(reloaded.reconstruct(0), single.reconstruct(0), atol=1e-5)
+        assert (run_dir / "samples_scale_0.png").is_file() and (run_dir / "curves.png").is_file()
+        assert reloaded.metadata["progress"]["0"]["batch_models"] == 3
+    # the seeds are the models' own: the model with seed 7 differs from the same scan at seed 0
+    other = train(three_scans[1], config, tmp_path / "seed0", progress=False, last_scale=2)
+    assert _max_difference(other.generators[2], batched[1].generators[2]) > 1e-3
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scans, norm):
+    """The paper's batch norm and the fast preset's instance norm, one iteration of the
+    coarsest scale: every weight within 1e-5, in float64. (In float32 the conv biases before
+    a norm, whose gradient is zero up to rounding, and other weights with tiny gradients take
+    Adam steps of +-lr whose sign is the rounding's, in either trainer.)"""
+    config = TrainConfig(iters=1, max_size=32, min_size=25, norm=norm, device="cpu")
+    shapes = pyramid_shapes(32, 32, config.min_size, config.max_size, config.scale_factor)
+    coarsest = len(shapes) - 1
+    spec = config.net_spec(1, 0)
+    report = _Reporter(False, len(shapes), config.iters)
+    singles, pyramids = [], []
+    for k, image in enumerate(three_scans):
+        reals = [r.double() for r in build_image_pyramid(image, shapes)]
+        z_star = draw_noise((1, 1, *shapes[-1]), seeded_generator(k, Stream.RECONSTRUCTION))
+        pyramid = TrainedPyramid(reals=reals, z_star=z_star.double())
+        nets = Generator(spec).double(), Discriminator(spec).double()
+        for net in nets:
+            init_weights(net, seeded_generator(k, Stream.INIT, coarsest))
+        singles.append([{key: v.clone() for key, v in net.state_dict().items()} for net in nets])
+        pyramids.append((pyramid, nets))
+    group = _GroupScale(
+        coarsest, 3, 1,
+        TrainedPyramid(reals=[torch.cat([p.reals[s] for p, _ in pyramids], 1)
+                              for s in range(len(shapes))],
+                       z_star=torch.cat([p.z_star for p, _ in pyramids], 1)),
+        group_networks([g for _, (g, _) in pyramids]),
+        group_networks([d for _, (_, d) in pyramids]),
+        torch.cat([p.reals[coarsest] for p, _ in pyramids], 1),
+        torch.ones(1, 3, 1, 1, dtype=torch.float64),
+        torch.zeros(1, 3, *shapes[-1], dtype=torch.float64),
+        [seeded_generator(k, Stream.TRAIN_NOISE, coarsest) for k in range(3)])
+    _train_group_scale(group, config, report)
+    for k, (pyramid, (generator, critic)) in enumerate(pyramids):
+        job = _ScaleJob(coarsest, pyramid, generator, critic, config.coarsest_noise_amp,
+                        torch.zeros_like(pyramid.reals[coarsest]),
+                        seeded_generator(k, Stream.TRAIN_NOISE, coarsest))
+        _train_scale(job, config, report)
+        for alone, grouped in ((generator, group.generator), (critic, group.critic)):
+            for key, value in alone.state_dict().items():
+                ours = grouped.state_dict()[key]
+                part = ours.chunk(3)[k] if ours.ndim else ours
+                assert torch.allclose(part, value, atol=1e-5, rtol=0), key
+        assert any(not torch.equal(value, singles[k][0][key])  # it did train
+                   for key, value in generator.state_dict().items())
+
+
+def test_tiny_full_runs_reach_the_same_reconstruction_batched_and_alone(three_scans, tmp_path):
+    """The fast preset, a short full schedule: the three models' mean reconstruction PSNR
+    batched and alone within 0.5 dB, each model's within 1 dB. Not closer: float32 training
+    with a norm layer is chaotic (Adam's first steps are +-lr whatever a gradient's size, so a
+    weight whose gradient is at rounding level steps at random), and runs whose convolutions
+    merely round differently end about as far apart as two seeds do (measured here: two
+    seeds of one scan up to 1.6 dB apart); the arithmetic itself is checked in float64 above.
+    """
+    config = TrainConfig(iters=60, max_size=32, min_size=25, norm="instance", max_nfc=64,
+                         scale_factor=0.7, gp_every=4, device="cpu")
+    alone = [train(image, config, tmp_path / f"alone{k}", progress=False)
+             for k, image in enumerate(three_scans)]
+    batched = train_batch(three_scans, [config] * 3, [tmp_path / f"b{k}" for k in range(3)],
+                          progress=False)
+    gaps = []
+    for single, together, image in zip(alone, batched, three_scans, strict=True):
+        untrained = 10 * math.log10(4 / float(torch.mean(image ** 2)))
+        assert _psnr(single) > untrained + 3 and _psnr(together) > untrained + 3  # learnt
+        gaps.append(_psnr(together) - _psnr(single))
+    assert all(abs(gap) < 1.0 for gap in gaps), gaps
+    assert abs(sum(gaps) / len(gaps)) < 0.5, gaps
+
+
+def test_models_that_cannot_share_a_batch_are_refused_before_anything_is_written(
+        three_scans, tmp_path):
+    config = TrainConfig(iters=1, max_size=32, min_size=25, device="cpu")
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    wide = resize(three_scans[1], (26, 32)).clamp(-1, 1)
+    cases = [
+        ([three_scans[0], wide], [config, config], dirs, "differ in pyramid geometry"),
+        (three_scans[:2], [config, TrainConfig(**{**config.to_dict(), "betas": config.betas,
+                                                  "iters": 2})], dirs, "share every training"),
+        (three_scans[:2], [config, config], [dirs[0], dirs[0]], "share a run directory"),
+    ]
+    for images, configs, run_dirs, message in cases:
+        with pytest.raises(ConfigError, match=message) as error:
+            train_batch(images, configs, run_dirs, progress=False)
+        assert "\n" not in str(error.value)
+    assert not any(Path(d).exists() for d in dirs)
+
+
+def test_cohort_train_batches_scans_of_one_geometry_and_trains_the_rest_alone(tmp_path):
+    """CT_small and MR_small (square: one pyramid at 32 px) share a batch; the chest film
+    (another aspect ratio) trains in a batch of its own; a rerun skips all three."""
+    import shutil
+
+    import pandas as pd
+
+    from medsingan.cohort import Executing, cohort_train
+    from medsingan.dataset import FolderOptions, manifest_from_folder
+
+    for label, name in (("a", "CT_small.dcm"), ("b", "MR_small.dcm"), ("a", "RG1_UNCR.dcm")):
+        (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(dicom_file(name), tmp_path / "data" / label / name)
+    manifest = tmp_path / "real.csv"
+    manifest_from_folder(tmp_path / "data", manifest, FolderOptions())
+    table = pd.read_csv(manifest, keep_default_na=False).assign(split="train")
+    table.to_csv(manifest, index=False)
+    runs = tmp_path / "runs"
+    executing = Executing(progress=False)
+    report = cohort_train(manifest, runs, executing=executing, batch_models=4,
+                          overrides={"iters": 3, "max_size": 32})
+    assert [r.status for r in report.results] == ["trained"] * 3, report.results
+    batched = {}
+    for result in report.results:
+        pyramid = load_run(runs / result.name)
+        assert pyramid.is_complete
+        batched[result.name] = pyramid.metadata["progress"]["0"].get("batch_models", 1)
+    assert sorted(batched.values()) == [1, 2, 2]
+    again = cohort_train(manifest, runs, executing=executing, batch_models=4,
+                         overrides={"iters": 3, "max_size": 32})
+    assert [r.status for r in again.results] == ["skipped"] * 3
+    with pytest.raises(ConfigError, match="--batch-models"):
+        cohort_train(manifest, tmp_path / "none", executing=executing, batch_models=0)
+    assert not (tmp_path / "none").exists()
