@@ -33,7 +33,8 @@ SeedOpt = Annotated[int, typer.Option(
     "--seed", help="Seed: variant k of seed s is the same whatever --n.")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Output folder [default: RUN_DIR/edit, harmonize, paint or "
-    "super_resolution].", show_default=False)]
+    "super_resolution; with --inject-scale all: RUN_DIR/edit_sweep, harmonize_sweep or "
+    "paint_sweep].", show_default=False)]
 IntensityOpt = Annotated[Intensity, typer.Option(
     "--intensity", help="Values of the input files: scan (the scan's own units, mapped with "
     "the run's intensity mapping) or display (8-bit grey 0..255, as inspect --preview "
