@@ -235,6 +235,13 @@ def train(
         "--spacing", help="Pixel spacing, mm, the --roi region is resampled to before "
         "training (not finer than the scan's) [default: the scan's own].",
         show_default=False)] = None,
+    mask: Annotated[Path | None, typer.Option(
+        "--mask", exists=True, help="Binary mask on the scan's pixels (any format train reads;"
+        " a volume's slice chosen as the scan's): trains an image+mask pair (SinGAN-Seg); "
+        "augment then writes each sample's mask beside it.", show_default=False)] = None,
+    labels: Annotated[bool, typer.Option(
+        "--labels", help="--mask is a label map (up to 16 values, background the lowest), "
+        "not a binary mask.")] = False,
     tensorboard: Annotated[Path | None, typer.Option(
         "--tensorboard", help="Also write the losses and per-scale scores to this folder "
         "for TensorBoard (needs the tensorboard package).", show_default=False)] = None,
@@ -264,7 +271,8 @@ def train(
                             split=split, subject_id=subject_id, roi=roi, spacing=spacing,
                             monitor=MonitorOptions(sifid_variant=sifid_variant.value,
                                                    inception_weights=inception_weights,
-                                                   tensorboard=tensorboard))
+                                                   tensorboard=tensorboard),
+                            mask=mask, labels=labels)
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -290,6 +298,10 @@ def info(
     region = _region_line(extra)
     if region:
         typer.echo(region)
+    if extra.get("mask"):
+        from medsingan.masks import info_line
+
+        typer.echo(info_line(extra["mask"]))
     typer.echo(f"presets     {extra.get('modality_preset', '?')} / "
                f"{extra.get('speed_preset', '?')}, scale factor {summary['scale_factor']:.4f}")
     typer.echo("scale  size (h x w)  channels  noise amp   iters   seconds")
@@ -350,7 +362,9 @@ def augment(
     engine: EngineOpt = Engine.singan,
     start_scale: Annotated[str, typer.Option(
         "--start-scale", help="Scale where fresh noise starts: N (coarsest, most variety), "
-        "N-k, or an index (0 = finest); coarser scales reconstruct the scan.")] = "N",
+        "N-k, or an index (0 = finest); coarser scales reconstruct the scan. all: a sweep, "
+        "every start scale 0..N (patch engine: N-1..N) into OUT/start_scale_S [OUT default: "
+        "the cohort folder + _sweep], with OUT/sweep.png and OUT/summary.json.")] = "N",
     seed: Annotated[int, typer.Option(
         "--seed", help="Cohort seed: sample i of seed s is the same whatever the batch "
         "size.")] = 0,
@@ -411,14 +425,22 @@ def augment(
     max_size: Annotated[int | None, typer.Option(
         "--max-size", help="--engine patch: longer side of the scan's finest scale, px "
         "[default: the modality preset's, 250].", show_default=False)] = None,
+    pick: Annotated[str | None, typer.Option(
+        "--pick", help="With --start-scale all: best keeps only the samples (files and "
+        "manifest rows) of the start scale with the lowest mean SIFID (mean patch SWD with "
+        "--no-sifid) among those that do not reproduce the scan (mean copy_score at most "
+        "--max-copy, mean SSIM to the scan at most 0.9).",
+        show_default=False)] = None,
 ) -> None:
     """Generate N scored samples of a trained scan (or, with --engine patch, of the scan
     itself without training), in its format, with manifest rows."""
     from medsingan.augment import AugmentRequest
     from medsingan.augment import augment as run_augment
+    from medsingan.manipulate_cli import report_sweep
+    from medsingan.sweep import augment_sweep, is_sweep
 
     patch = engine is Engine.patch
-    result = run_augment(AugmentRequest(
+    request = AugmentRequest(
         run_dir=None if patch else run_dir or _latest_run(), n=n, start_scale=start_scale,
         seed=seed, engine=engine.value, scan=run_dir if patch else None,
         modality=modality.value, window=window, frame=frame, slice_index=slice_index,
@@ -428,7 +450,11 @@ def augment(
         output_format=output_format.value, manifest=manifest, label=label,
         split=split, subject_id=subject_id, sifid=not no_sifid,
         sifid_variant=sifid_variant.value, inception_weights=inception_weights, device=device,
-        overwrite=overwrite, keep_identifiers=keep_identifiers, progress=not quiet))
+        overwrite=overwrite, keep_identifiers=keep_identifiers, progress=not quiet)
+    if is_sweep(start_scale) or pick is not None:
+        report_sweep(augment_sweep(request, pick))
+        return
+    result = run_augment(request)
     summary = result.summary
     typer.echo(f"{len(result.written)} sample(s) written to {result.out}"
                + (f" ({result.skipped} already there)" if result.skipped else ""))
@@ -436,6 +462,10 @@ def augment(
                        ("diversity", "sifid_mean", "similarity_mean", "patch_swd_mean",
                         "copy_score_mean") if summary.get(key) is not None)
     typer.echo(f"scores: {scores}")
+    if summary.get("masks"):
+        from medsingan.masks import summary_line
+
+        typer.echo(summary_line(summary["masks"]))
     if summary["over_max_copy"]:
         typer.echo(f"{len(summary['over_max_copy'])} sample(s) copy over --max-copy "
                    f"{max_copy:g} of their patches from the scan: see "
