@@ -302,8 +302,12 @@ def info(
         from medsingan.masks import info_line
 
         typer.echo(info_line(extra["mask"]))
+    train_settings = summary["train"]
+    loss = train_settings.get("loss", "wgan-gp")
     typer.echo(f"presets     {extra.get('modality_preset', '?')} / "
-               f"{extra.get('speed_preset', '?')}, scale factor {summary['scale_factor']:.4f}")
+               f"{extra.get('speed_preset', '?')}, scale factor {summary['scale_factor']:.4f}"
+               + ("" if loss == "wgan-gp" else
+                  f", loss {loss} ({train_settings.get('patch_size')} px patches)"))
     typer.echo("scale  size (h x w)  channels  noise amp   iters   seconds")
     for entry in summary["scales"]:
         amp = "-" if entry["noise_amp"] is None else f"{entry['noise_amp']:.4g}"

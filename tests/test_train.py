@@ -293,6 +293,11 @@ def test_explicit_losses_train_without_a_critic(explicit_runs, loss):
         assert all(math.isnan(float(r["d_loss"])) and float(r["g_adv"]) >= 0 for r in ours)
 
 
+def test_info_names_an_explicit_loss(explicit_runs, monkeypatch, capsys):
+    code, out, _ = run_in_process(monkeypatch, capsys, "info", explicit_runs["nn-patch"])
+    assert code == 0 and "loss nn-patch (7 px patches)" in out
+
+
 @pytest.mark.parametrize("loss", EXPLICIT)
 def test_explicit_loss_samples_differ_from_the_scan_and_each_other(explicit_runs, loss):
     pyramid = load_run(explicit_runs[loss])
