@@ -22,6 +22,7 @@ from medsingan.cli_options import (
     EngineOpt,
     ItersOpt,
     KeepIdsOpt,
+    LossOpt,
     ManifestOpt,
     MaxCopyOpt,
     MaxSizeOpt,
@@ -141,13 +142,6 @@ class Padding(str, Enum):
     circular = "circular"
 
 
-class Loss(str, Enum):
-    wgan_gp = "wgan-gp"
-    frechet = "frechet"
-    nn_patch = "nn-patch"
-    aligned_nn = "aligned-nn"
-
-
 def _value(choice: Enum | None) -> str | None:
     return None if choice is None else str(choice.value)
 
@@ -195,11 +189,7 @@ def train(
     lr: Annotated[float | None, typer.Option(
         "--lr", help="Adam learning rate of generator and critic [default: 5e-4].",
         show_default=False)] = None,
-    loss: Annotated[Loss | None, typer.Option(
-        "--loss", help="Distribution loss: the WGAN-GP critic, or an explicit patch loss "
-        "replacing it (frechet: Fréchet distance of patch means and covariances; nn-patch: "
-        "distance to the nearest real patch; aligned-nn: to the real patch at the same place) "
-        "[default: wgan-gp].", show_default=False)] = None,
+    loss: LossOpt = None,
     patch_size: Annotated[int | None, typer.Option(
         "--patch-size", help="Explicit losses: patch side, px (at most --min-size) "
         "[default: 7].", show_default=False)] = None,

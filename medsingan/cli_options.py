@@ -89,6 +89,20 @@ VariantOpt = Annotated[SifidVariant, typer.Option(
     "block 0 (FID weights). Scores of two variants are not comparable.")]
 
 
+class Loss(str, Enum):
+    wgan_gp = "wgan-gp"
+    frechet = "frechet"
+    nn_patch = "nn-patch"
+    aligned_nn = "aligned-nn"
+
+
+LossOpt = Annotated[Loss | None, typer.Option(
+    "--loss", help="Distribution loss: the WGAN-GP critic, or an explicit patch loss "
+    "replacing it (frechet: Fréchet distance of patch means and covariances; nn-patch: "
+    "distance to the nearest real patch; aligned-nn: to the real patch at the same place) "
+    "[default: wgan-gp].", show_default=False)]
+
+
 class Engine(str, Enum):
     singan = "singan"
     patch = "patch"

@@ -12,6 +12,7 @@ from medsingan.cli_options import (
     Engine,
     EngineOpt,
     ItersOpt,
+    LossOpt,
     MaxCopyOpt,
     MaxSizeOpt,
     MinSizeOpt,
@@ -144,6 +145,7 @@ def register(app: typer.Typer, manifest_app: typer.Typer) -> None:
         max_size: MaxSizeOpt = None,
         seed: SeedOpt = None,
         device: TrainDeviceOpt = None,
+        loss: LossOpt = None,
         workers: WorkersOpt = 1,
         scheduler: SchedulerOpt = None,
         gpus_per_task: GpusOpt = 0,
@@ -161,7 +163,8 @@ def register(app: typer.Typer, manifest_app: typer.Typer) -> None:
                      modality=None if modality is None else modality.value, window=window,
                      speed_preset=preset.value,
                      overrides={"iters": iters, "min_size": min_size, "max_size": max_size,
-                                "seed": seed, "device": device})
+                                "seed": seed, "device": device,
+                                "loss": None if loss is None else loss.value})
         _report(report, f"{len(report.results)} model(s) in {runs}")
         if report.failed:
             raise typer.Exit(1)

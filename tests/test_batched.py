@@ -188,3 +188,30 @@ def test_cohort_train_batches_scans_of_one_geometry_and_trains_the_rest_alone(tm
     with pytest.raises(ConfigError, match="--batch-models"):
         cohort_train(manifest, tmp_path / "none", executing=executing, batch_models=0)
     assert not (tmp_path / "none").exists()
+
+
+def test_cohort_train_with_an_explicit_loss_trains_each_model_alone(tmp_path):
+    """A critic-free loss cannot share the grouped critic step: --batch-models leaves such
+    runs to the single-model trainer, which records the loss."""
+    import shutil
+
+    import pandas as pd
+
+    from medsingan.cohort import Executing, cohort_train
+    from medsingan.dataset import FolderOptions, manifest_from_folder
+
+    for label, name in (("a", "CT_small.dcm"), ("b", "MR_small.dcm")):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        shutil.copyfile(dicom_file(name), tmp_path / "data" / label / name)
+    manifest = tmp_path / "real.csv"
+    manifest_from_folder(tmp_path / "data", manifest, FolderOptions())
+    pd.read_csv(manifest, keep_default_na=False).assign(split="train").to_csv(manifest,
+                                                                               index=False)
+    report = cohort_train(manifest, tmp_path / "runs", executing=Executing(progress=False),
+                          batch_models=2,
+                          overrides={"iters": 2, "max_size": 32, "loss": "aligned-nn"})
+    assert [r.status for r in report.results] == ["trained"] * 2, report.results
+    for result in report.results:
+        pyramid = load_run(tmp_path / "runs" / result.name)
+        assert pyramid.metadata["train"]["loss"] == "aligned-nn"
+        assert "batch_models" not in pyramid.metadata["progress"]["0"]
