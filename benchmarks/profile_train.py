@@ -7,6 +7,7 @@ convolutions (forward and backward), normalisation, the optimiser, noise drawing
 host-device synchronisations (``.item()``) and everything else.
 
     python benchmarks/profile_train.py [--size 64] [--iters 5] [--config fast] [--batch-models K]
+                                       [--device cuda]
 
 With ``--batch-models K`` it profiles K crops trained as one batch (:mod:`medsingan.batched`).
 """
@@ -54,11 +55,12 @@ def main() -> None:
     parser.add_argument("--config", default="fast", choices=list(PRESETS))
     parser.add_argument("--batch-models", type=int, default=1)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     config = TrainConfig(**PRESETS[args.config], max_size=args.size, iters=args.iters,
-                         device="cpu")
+                         device=args.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
-                                           if torch.cuda.is_available() else [])
+                                           if args.device.startswith("cuda") else [])
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         with profile(activities=activities) as prof:

@@ -16,6 +16,7 @@ each other for every K; whole schedule of ``--iters`` iterations per scale; mode
 of both and their ratio:
 
     python benchmarks/train_speed.py --batched 1 2 4 8 --size 64 --iters 20 --configs fast
+    python benchmarks/train_speed.py --batched 1 8 32 --size 250 --iters 20 --device cuda
 
 Prints JSON with the official SinGAN's per-iteration figures on this kind of machine (2 CPU
 cores) and the ratios to them.
@@ -117,11 +118,11 @@ def chest_crops(count: int, size: int) -> list[torch.Tensor]:
 
 
 def measure_batched(overrides: dict[str, Any], size: int, iters: int, k: int, batched: bool,
-                    threads: int | None) -> dict[str, Any]:
+                    threads: int | None, device: str = "cpu") -> dict[str, Any]:
     """Train ``k`` models (alone one after the other, or as one batch); wall and peak RSS."""
     if threads:
         torch.set_num_threads(threads)
-    config = TrainConfig(**overrides, max_size=size, iters=iters, device="cpu")
+    config = TrainConfig(**overrides, max_size=size, iters=iters, device=device)
     images = chest_crops(k, size)
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [Path(tmp) / f"m{i}" for i in range(k)]
@@ -131,6 +132,8 @@ def measure_batched(overrides: dict[str, Any], size: int, iters: int, k: int, ba
         else:
             for image, run_dir in zip(images, dirs, strict=True):
                 train(image, config, run_dir, progress=False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         wall = time.perf_counter() - started
         # the training loops' own time (history's seconds at each scale's last row; a batch's
         # models share one loop), without the per-scale scoring, previews and checkpoints
@@ -157,7 +160,8 @@ def batched_main(args: argparse.Namespace) -> None:
         for batched in (False, True):
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
                 pair[batched] = pool.submit(measure_batched, PRESETS[name], args.size,
-                                            args.iters, k, batched, args.threads).result()
+                                            args.iters, k, batched, args.threads,
+                                            args.device).result()
         rows.append({"k": k, "alone": pair[False], "batched": pair[True],
                      "speedup_models_per_hour": round(pair[False]["wall_s"]
                                                       / pair[True]["wall_s"], 2),
@@ -165,7 +169,9 @@ def batched_main(args: argparse.Namespace) -> None:
                                                  / pair[True]["train_loop_s"], 2)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     json.dump({"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                           "device": "cpu"},
+                           "device": args.device,
+                           "gpu": (torch.cuda.get_device_name(0)
+                                   if args.device.startswith("cuda") else None)},
                "config": name, "size": args.size, "iters_per_scale": args.iters,
                "threads": args.threads or torch.get_num_threads(), "results": rows},
               sys.stdout, indent=2)
@@ -178,6 +184,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=250, help="max side in px")
     parser.add_argument("--configs", nargs="+", default=["paper", "fast"], choices=list(PRESETS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--device", default="cpu",
+                        help="--batched: cpu or cuda (models per GPU-hour)")
     parser.add_argument("--batched", type=int, nargs="+", default=None, metavar="K",
                         help="measure batched training of K models instead (first --configs)")
     args = parser.parse_args()

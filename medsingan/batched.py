@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import medsingan
-from medsingan.errors import ConfigError, TrainingInterrupted
+from medsingan.errors import ConfigError, RunDirError, TrainingInterrupted
 from medsingan.masks import mask_channels
 from medsingan.model.blocks import InstanceNorm
 from medsingan.model.container import TrainedPyramid
@@ -42,6 +42,7 @@ from medsingan.monitor import MonitorOptions, ScaleScorer, training_sifid
 from medsingan.pyramid import build_image_pyramid, effective_scale_factor, pyramid_shapes, resize
 from medsingan.train import (
     CONFIG_FILE,
+    CURVES_REDRAW_SECONDS,
     DEFAULT_LOSS,
     HISTORY_FILE,
     RUN_FORMAT,
@@ -61,7 +62,11 @@ from medsingan.train import (
 )
 
 # TrainConfig fields that may differ between the models of one batch.
-_PER_MODEL = ("seed", "log_every")
+_PER_MODEL = ("seed",)
+
+
+class BatchProgressError(ConfigError):
+    """The runs of a batch stopped at different scales: they cannot resume as one batch."""
 
 
 def group_networks(networks: Sequence[nn.Module]) -> nn.Module:
@@ -85,6 +90,11 @@ def group_networks(networks: Sequence[nn.Module]) -> nn.Module:
     states = [network.state_dict() for network in networks]
     grouped.load_state_dict({key: torch.cat([state[key] for state in states])
                              if value.ndim else value for key, value in states[0].items()})
+    # the new layers start in training mode: take the models' mode (a frozen generator's
+    # batch norm must use its running statistics) and whether their weights train
+    grouped.train(networks[0].training)
+    for wide, narrow in zip(grouped.parameters(), networks[0].parameters(), strict=True):
+        wide.requires_grad_(narrow.requires_grad)
     return grouped
 
 
@@ -291,7 +301,11 @@ def _open_model(image: torch.Tensor, config: TrainConfig, run_dir: Path,
                 overwrite: bool) -> _Model:
     """A model's run directory opened as :func:`medsingan.train.train` opens it."""
     reals = build_image_pyramid(image, shapes, mask_channels(extra))  # masks: nearest
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create the run directory {run_dir}: "
+                          f"{exc.strerror or exc}") from exc
     stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
     if stored is not None:
         _check_same_source(run_dir, stored.get("extra") or {}, extra or {})
@@ -326,12 +340,15 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
     """Train K SinGAN models at once, one per image, each into its own run directory.
 
     Same arguments as :func:`medsingan.train.train`, one per model; the images must give the
-    same pyramid (size and channels) and the configs may differ in ``seed`` (and
-    ``log_every``) only. Each run directory ends up as :func:`~medsingan.train.train` writes
-    it, with weights equal to training that model alone (up to float rounding). Resuming
-    needs every model at the same finished scale.
+    same pyramid (size and channels) and the configs may differ in ``seed`` only. Each run
+    directory ends up as :func:`~medsingan.train.train` writes it, with weights equal to
+    training that model alone (up to float rounding); its per-scale ``seconds`` are its share
+    (1/K) of the batch's time, and ``batch_models`` records K. ``resume`` continues the runs
+    found and starts the others (a cohort task's rule); resuming needs every model at the
+    same finished scale.
 
     Raises:
+        BatchProgressError: runs that stopped at different scales (resume them one at a time).
         ConfigError: models that cannot share a batch; the rest as :func:`~medsingan.train.train`.
     """
     monitor = (monitor or MonitorOptions()).validate()
@@ -351,8 +368,8 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                                                     extras or [None] * len(images), strict=True)]
     finest = {m.pyramid.finest_trained for m in models}
     if len(finest) > 1:
-        raise ConfigError("the runs of a batch stopped at different scales: resume them one "
-                          "at a time")
+        raise BatchProgressError("the runs of a batch stopped at different scales: resume "
+                                 "them one at a time")
     for model in models:
         model.pyramid.to(device)
     channels, k, coarsest = images[0].shape[1], len(models), len(shapes) - 1
@@ -361,11 +378,12 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                             z_star=_stack([m.pyramid.z_star for m in models]))
     for scale in sorted(models[0].pyramid.generators):
         frozen.generators[scale] = group_networks(
-            [m.pyramid.generators[scale] for m in models]).to(device)
+            [m.pyramid.generators[scale] for m in models]).to(device).eval()
         frozen.noise_amps[scale] = _amps([m.pyramid.noise_amps[scale] for m in models],
                                          channels, frozen.z_star)
     report = _Reporter(progress, len(shapes), config.iters)
     scale = saved = finest.pop()
+    curves_stale = False  # as train.train: curves.png redrawn after long scales and at the end
     try:
         for scale in range(saved - 1, last_scale - 1, -1):
             spec = config.net_spec(channels, coarsest - scale)
@@ -394,15 +412,29 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                               scorer, monitor)
                 report.finished(scale, shapes[scale], spec.width, amp, model_rows,
                                 model.metadata["progress"][str(scale)]["scores"])
-            saved = scale
+            saved, curves_stale = scale, seconds < CURVES_REDRAW_SECONDS
+            if not curves_stale:
+                _draw_curves(models)
             _trim_heap()
-        for model in models:
-            _save_curves(model.run_dir, model.history, model.metadata, model.pyramid.noise_amps)
+        if curves_stale:
+            _draw_curves(models)
     except KeyboardInterrupt:
-        done = f"scales {coarsest}..{saved} are saved" if saved <= coarsest else "nothing is saved"
-        raise TrainingInterrupted(f"training interrupted at scale {scale}; {done} in each of "
-                                  f"the {k} run directories: continue with --resume") from None
+        if curves_stale:
+            _draw_curves(models)
+        done = sorted({m.pyramid.finest_trained for m in models})
+        state = ("nothing is saved" if done == [coarsest + 1] else
+                 f"the runs are saved down to scale {done[0]}" if len(done) == 1 else
+                 f"the runs are saved down to scales {', '.join(map(str, done))} (resume "
+                 "them one at a time)")
+        raise TrainingInterrupted(f"training interrupted at scale {scale}; {state}: continue "
+                                  "with --resume") from None
     return [m.pyramid for m in models]
+
+
+def _draw_curves(models: Sequence[_Model]) -> None:
+    for model in models:
+        if model.pyramid.generators:
+            _save_curves(model.run_dir, model.history, model.metadata, model.pyramid.noise_amps)
 
 
 def _finish_scale(model: _Model, scale: int, generator: Generator, critic: Discriminator,

@@ -277,7 +277,9 @@ def batch_train_tasks(tasks: Sequence[TrainTask], batch_models: int
 
 def train_batch_one(batch: TrainBatch) -> TaskResult:
     """Train a batch's models together; one result whose ``details["results"]`` holds each
-    model's. Runs that stopped at different scales are resumed one at a time instead."""
+    model's. When the batch cannot train as one (runs stopped at different scales, one run
+    trained with other settings, one scan unreadable, ...), each model trains alone, so one
+    bad run fails only itself."""
     if len(batch.tasks) == 1:
         return _batch_result(batch, [train_one(batch.tasks[0])])
     torch.set_num_threads(batch.tasks[0].threads)
@@ -287,14 +289,11 @@ def train_batch_one(batch: TrainBatch) -> TaskResult:
         prepared = [_prepare(task) for task in batch.tasks]
         for item in prepared:
             warn_user(item.extra["warnings"])
-        try:
-            train_batch([p.image for p in prepared], [p.config for p in prepared],
-                        [p.run_dir for p in prepared], extras=[p.extra for p in prepared],
-                        resume=True, progress=False)
-        except ConfigError as exc:
-            if "different scales" not in str(exc):
-                raise
-            return _batch_result(batch, [train_one(task) for task in batch.tasks])
+        train_batch([p.image for p in prepared], [p.config for p in prepared],
+                    [p.run_dir for p in prepared], extras=[p.extra for p in prepared],
+                    resume=True, progress=False)
+    except MedsinganError:
+        return _batch_result(batch, [train_one(task) for task in batch.tasks])
     except Exception as exc:  # the batch's models fail together; other batches go on
         seconds = time.perf_counter() - started
         return _batch_result(batch, [TaskResult(name, "failed", seconds, _one_line(exc))
@@ -304,13 +303,15 @@ def train_batch_one(batch: TrainBatch) -> TaskResult:
 
 
 def _batch_result(batch: TrainBatch, results: list[TaskResult]) -> TaskResult:
-    return TaskResult(Path(batch.run_dir).name, "batch",
+    """The batch's result: ``failed`` (for the progress bar) if any model failed."""
+    failed = any(r.status == "failed" for r in results)
+    return TaskResult(Path(batch.run_dir).name, "failed" if failed else "batch",
                       details={"results": [asdict(r) for r in results]})
 
 
 def _unbatched(batch: TrainBatch, result: TaskResult) -> list[TaskResult]:
     """Each model's result of a batch (all failed alike when its worker died)."""
-    if result.status == "batch":
+    if "results" in result.details:
         return [TaskResult(**r) for r in result.details["results"]]
     return [TaskResult(Path(task.run_dir).name, result.status, result.seconds, result.error)
             for task in batch.tasks]

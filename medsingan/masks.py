@@ -141,6 +141,11 @@ def read_mask(path: str | os.PathLike[str], scan: ScanMetadata, *,
     path = Path(path)
     mask = read_scan(path, **_selection(path, scan))
     values, meta = mask.image, mask.meta
+    if scan.slice_index is None and scan.series_index is None and (
+            meta.slice_index or meta.series_index):
+        # a volume's middle slice would be taken, with nothing to say it lies on the scan's
+        raise InvalidImageError(f"the mask {path.name} is a volume and the scan one image: "
+                                "give the mask's slice as a 2D file")
     if values.shape != (scan.rows, scan.columns):
         raise InvalidImageError(f"the mask {path.name} is {values.shape[1]} x {values.shape[0]}"
                                 f" px, the scan {scan.columns} x {scan.rows} px (W x H): a mask "
@@ -160,9 +165,23 @@ def _selection(path: Path, scan: ScanMetadata) -> dict[str, int | None]:
         return {"slice_index": scan.series_index}
     kind = scan_format(path)
     if kind in _VOLUME_FORMATS:
+        # a 4D scan's volume (DWI, fMRI, echoes) applies to a 4D mask; a 3D mask is the
+        # anatomy's, the same for every volume
+        volume = scan.volume if kind == "nifti" and _nifti_dims(path) == 4 else None
         return {"slice_index": scan.slice_index, "slice_axis": scan.slice_axis,
-                "volume": scan.volume if kind == "nifti" else None}
+                "volume": volume}
     return {"frame": scan.frame} if kind == "dicom" and scan.frame is not None else {}
+
+
+def _nifti_dims(path: Path) -> int | None:
+    """The number of dimensions of a NIfTI file's header (``None`` if unreadable: the
+    reader then says why)."""
+    import nibabel
+
+    try:
+        return len(nibabel.load(path).shape)
+    except Exception:
+        return None
 
 
 @dataclass
@@ -351,7 +370,8 @@ class PairCohort:
     def __init__(self, real: torch.Tensor, levels: MaskLevels) -> None:
         image, mask = split_pair(real.detach().cpu())
         self.levels = levels
-        self.real = pair_statistics(image[0, 0], levels.indices(mask[0, 0]) > 0)
+        # clamped as the samples are when written: both sides of the comparison in [-1, 1]
+        self.real = pair_statistics(image[0, 0].clamp(-1, 1), levels.indices(mask[0, 0]) > 0)
         self.samples: dict[int, dict[str, float]] = {}
 
     def add(self, index: int, image: torch.Tensor, indices: np.ndarray) -> dict[str, float]:

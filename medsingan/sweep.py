@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -322,7 +323,8 @@ def augment_sweep(request: AugmentRequest, pick: str | None = None) -> SweepResu
                           f"to the scan over {MAX_SIMILARITY:g})")
     criterion.excluded_label = "like the scan"
     outcomes = [_augment_outcome(s, results[s].out, results[s].summary, frame, manifest,
-                                 mapping, criterion, request.max_copy) for s in scales]
+                                 mapping, criterion, request.max_copy, request.n)
+                for s in scales]
     settings = {"n": request.n, "seed": request.seed, "max_copy": request.max_copy,
                 "engine": source.engine}
     return finish(out, manifest, "augment", "--start-scale", criterion, outcomes, pick,
@@ -331,13 +333,16 @@ def augment_sweep(request: AugmentRequest, pick: str | None = None) -> SweepResu
 
 def _augment_outcome(scale: int, folder: Path, summary: dict[str, Any], frame: Any,
                      manifest: Path, mapping: IntensityMapping, criterion: Criterion,
-                     max_copy: float) -> ScaleOutcome:
+                     max_copy: float, n: int) -> ScaleOutcome:
     """One start scale's cohort as a sweep outcome: its rows in the manifest (files, scores
-    for the captions), its summary's means (the score)."""
+    for the captions), its summary's means (the score). Samples ``n`` and over, left in the
+    folder by an earlier, larger sweep, are not this sweep's."""
     root = folder.resolve()
     mine = frame[[resolve_image(manifest, str(image)).resolve().parent == root
                   for image in frame["image"]]]
-    mine = mine.sort_values("sample_index") if "sample_index" in mine else mine
+    if "sample_index" in mine:
+        indices = pd.to_numeric(mine["sample_index"], errors="coerce")
+        mine = mine[indices < n].sort_values("sample_index", key=lambda c: pd.to_numeric(c))
     key = "sifid" if criterion.name == "sifid_mean" else "patch_swd"
     label = "SIFID" if key == "sifid" else "SWD"
     tiles = []

@@ -724,6 +724,7 @@ def train(
                             config.scale_factor)
     if not 0 <= last_scale < len(shapes):
         raise ConfigError(f"last_scale must lie in 0..{len(shapes) - 1}, got {last_scale}")
+    _check_patch_grid(config, shapes[-1])
     reals = build_image_pyramid(image, shapes, mask_channels(extra_config))  # masks: nearest
     run_dir = Path(run_dir)
     if resume and overwrite:
@@ -807,6 +808,19 @@ def train(
         if live is not None:
             live.close()
     return pyramid
+
+
+def _check_patch_grid(config: TrainConfig, coarsest: tuple[int, int]) -> None:
+    """ConfigError when the Fréchet loss's patch grid on the coarsest scale has fewer than
+    two patches (no covariance to estimate)."""
+    if config.loss != "frechet":
+        return
+    count = math.prod((side - config.patch_size) // config.patch_stride + 1 for side in coarsest)
+    if count < 2:
+        raise ConfigError(f"--loss frechet needs at least 2 patches on the coarsest scale "
+                          f"({coarsest[1]} x {coarsest[0]} px); --patch-size "
+                          f"{config.patch_size} with --patch-stride {config.patch_stride} gives "
+                          f"{count}: use smaller patches or a finer stride")
 
 
 def _trim_heap() -> None:

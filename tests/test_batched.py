@@ -15,7 +15,7 @@ from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator
 from medsingan.model.noise import Stream, draw_noise, seeded_generator
 from medsingan.pyramid import build_image_pyramid, pyramid_shapes, resize
-from medsingan.runs import prepare_training
+from medsingan.runs import prepare_training, train_scan
 from medsingan.train import TrainConfig, _Reporter, _ScaleJob, _train_scale, load_run, train
 from tests.conftest import dicom_file, nifti_file
 
@@ -215,3 +215,38 @@ def test_cohort_train_with_an_explicit_loss_trains_each_model_alone(tmp_path):
         pyramid = load_run(tmp_path / "runs" / result.name)
         assert pyramid.metadata["train"]["loss"] == "aligned-nn"
         assert "batch_models" not in pyramid.metadata["progress"]["0"]
+
+
+def test_a_batch_of_batch_norm_runs_resumes_to_the_uninterrupted_weights(three_scans, tmp_path):
+    """The paper's batch norm: a batch stopped after its coarsest scale and resumed ends
+    with the weights of the batch trained in one go (the frozen coarser scales, grouped
+    again on resume, use their running statistics)."""
+    config = TrainConfig(iters=2, max_size=32, min_size=25, norm="batch", device="cpu")
+    images = three_scans[:2]
+    whole = train_batch(images, [config] * 2, [tmp_path / f"w{k}" for k in range(2)],
+                        progress=False)
+    parts = [tmp_path / f"p{k}" for k in range(2)]
+    train_batch(images, [config] * 2, parts, progress=False, last_scale=2)
+    resumed = train_batch(images, [config] * 2, parts, progress=False, resume=True)
+    for a, b in zip(whole, resumed, strict=True):
+        for scale in a.generators:
+            assert _max_difference(a.generators[scale], b.generators[scale]) < 1e-6
+
+
+def test_one_bad_run_in_a_cohort_batch_fails_alone(tmp_path):
+    """A run trained earlier with other settings cannot join the batch: the batch's models
+    train alone, the good one is trained and only the bad one is reported."""
+    from medsingan.cohort import TrainBatch, TrainTask, _unbatched, train_batch_one
+
+    tasks = tuple(TrainTask(image=str(dicom_file(name)), run_dir=str(tmp_path / name),
+                            label="a", split="train", subject_id=name, modality="auto",
+                            window=None, speed_preset="fast",
+                            overrides={"iters": 2, "max_size": 32}, threads=1)
+                  for name in ("CT_small.dcm", "MR_small.dcm"))
+    train_scan(Path(tasks[1].image), Path(tasks[1].run_dir), overrides={"iters": 3,
+               "max_size": 32}, progress=False, last_scale=2)
+    batch = TrainBatch(tasks)
+    results = _unbatched(batch, train_batch_one(batch))
+    assert [r.status for r in results] == ["trained", "failed"], results
+    assert "other settings" in results[1].error and "\n" not in results[1].error
+    assert load_run(tmp_path / "CT_small.dcm").is_complete

@@ -179,6 +179,22 @@ def test_label_masks_are_written_on_the_sources_voxel_grid(tmp_path):
 
 # --- bad input --------------------------------------------------------------------------------
 
+def test_a_3d_mask_applies_to_every_volume_of_a_4d_scan(tmp_path):
+    """A 4D scan (here anatomical.nii's volume twice, the second brighter) trained on
+    --volume 1 with the anatomy's 3D mask: the mask's slice is the scan's."""
+    source = nib.load(nifti_file("anatomical.nii"))
+    volume = np.asarray(source.dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(np.stack([volume, 2 * volume], axis=-1), source.affine),
+             tmp_path / "four.nii.gz")
+    csf = ndi.binary_opening(volume < 0.6 * np.median(volume))
+    nib.save(nib.Nifti1Image(csf.astype(np.uint8), source.affine), tmp_path / "csf.nii.gz")
+    prepared = prepare_training(tmp_path / "four.nii.gz", tmp_path / "run", volume=1,
+                                mask=tmp_path / "csf.nii.gz",
+                                overrides={"max_size": 64, "min_size": 25})
+    middle = volume.shape[2] // 2
+    assert int((prepared.image[0, 1] > 0).sum()) == int(csf[:, :, middle].sum()) > 10
+
+
 def _bad_masks(folder: Path) -> dict[str, tuple[list[str], str]]:
     bone = bone_mask(ct_hu()).astype(np.uint8) * 255
     files = {"small.png": bone[::2, ::2], "empty.png": np.zeros_like(bone),
@@ -186,6 +202,11 @@ def _bad_masks(folder: Path) -> dict[str, tuple[list[str], str]]:
     for name, pixels in files.items():
         Image.fromarray(pixels.astype(np.uint8)).save(folder / name)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    # three slices, the CT's bone in only one: which of them lies on the 2D scan cannot be
+    # told from a volume's affine, so such a mask is refused rather than its middle taken
+    stack = np.stack([np.zeros_like(bone), bone // 255, np.zeros_like(bone)], axis=-1)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.swapaxes(stack, 0, 1)), np.eye(4)),
+             folder / "volume.nii.gz")
     return {
         "size": (["--mask", "small.png"], "64 x 64 px, the scan 128 x 128"),
         "empty": (["--mask", "empty.png"], "empty"),
@@ -194,10 +215,12 @@ def _bad_masks(folder: Path) -> dict[str, tuple[list[str], str]]:
         "unreadable": (["--mask", "broken.png"], "broken.png"),
         "region": (["--mask", "empty.png", "--roi", "0,0,64,64"], "--roi"),
         "labels alone": (["--labels"], "--mask"),
+        "volume for one image": (["--mask", "volume.nii.gz"], "give the mask's slice"),
     }
 
 
-BAD = ("size", "empty", "full", "non-binary", "unreadable", "region", "labels alone")
+BAD = ("size", "empty", "full", "non-binary", "unreadable", "region", "labels alone",
+       "volume for one image")
 
 
 @pytest.mark.parametrize("case", BAD)
