@@ -31,34 +31,26 @@ from typing import Any
 import torch
 from torch import nn
 
-import medsingan
-from medsingan.errors import ConfigError, RunDirError, TrainingInterrupted
-from medsingan.masks import mask_channels
+from medsingan.errors import ConfigError, TrainingInterrupted
 from medsingan.model.blocks import InstanceNorm
 from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator
 from medsingan.model.noise import Stream, draw_noise, seeded_generator
 from medsingan.monitor import MonitorOptions, ScaleScorer, training_sifid
-from medsingan.pyramid import build_image_pyramid, effective_scale_factor, pyramid_shapes, resize
+from medsingan.pyramid import pyramid_shapes, resize
 from medsingan.train import (
-    CONFIG_FILE,
     CURVES_REDRAW_SECONDS,
     DEFAULT_LOSS,
-    HISTORY_FILE,
-    RUN_FORMAT,
+    OpenedRun,
     TrainConfig,
     _check_image,
-    _check_same_source,
     _init_networks,
-    _load_critics,
-    _prepare_run_dir,
-    _read_history,
     _reconstruction_start,
     _Reporter,
     _save_curves,
     _save_scale,
     _trim_heap,
-    _write_json,
+    open_run,
 )
 
 # TrainConfig fields that may differ between the models of one batch.
@@ -140,18 +132,6 @@ def _amps(values: Sequence[float], channels: int, like: torch.Tensor) -> torch.T
     the dtype and on the device of ``like``."""
     return torch.tensor(values, dtype=like.dtype, device=like.device).repeat_interleave(
         channels).view(1, -1, 1, 1)
-
-
-@dataclass
-class _Model:
-    """One model of a batch: its run directory, config, pyramid, critics, history, metadata."""
-
-    run_dir: Path
-    config: TrainConfig
-    pyramid: TrainedPyramid
-    critics: dict[int, Discriminator]
-    history: list[dict[str, float]]
-    metadata: dict[str, Any]
 
 
 @dataclass
@@ -296,42 +276,6 @@ def _check_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
     return list(keys[0][1])
 
 
-def _open_model(image: torch.Tensor, config: TrainConfig, run_dir: Path,
-                extra: dict[str, Any] | None, shapes: list[tuple[int, int]], resume: bool,
-                overwrite: bool) -> _Model:
-    """A model's run directory opened as :func:`medsingan.train.train` opens it."""
-    reals = build_image_pyramid(image, shapes, mask_channels(extra))  # masks: nearest
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create the run directory {run_dir}: "
-                          f"{exc.strerror or exc}") from exc
-    stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
-    if stored is not None:
-        _check_same_source(run_dir, stored.get("extra") or {}, extra or {})
-    metadata = stored or {
-        "format": RUN_FORMAT, "version": medsingan.__version__, "train": config.to_dict(),
-        "extra": extra,
-        "geometry": {"source_shape": list(image.shape[-2:]), "channels": image.shape[1],
-                     "shapes": [list(s) for s in shapes],
-                     "scale_factor": effective_scale_factor(shapes)},
-        "progress": {},
-    }
-    metadata["train"] = config.to_dict()
-    critics: dict[int, Discriminator] = {}
-    if pyramid is None:
-        z_rng = seeded_generator(config.seed, Stream.RECONSTRUCTION)
-        pyramid = TrainedPyramid(reals=reals,
-                                 z_star=draw_noise((1, image.shape[1], *shapes[-1]), z_rng))
-        metadata["progress"] = {}
-        _write_json(run_dir / CONFIG_FILE, metadata)
-    else:
-        critics = _load_critics(run_dir, pyramid)
-    pyramid.metadata = metadata
-    history = _read_history(run_dir / HISTORY_FILE, set(pyramid.generators))
-    return _Model(run_dir, config, pyramid, critics, history, metadata)
-
-
 def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                 run_dirs: Sequence[Path], *, extras: Sequence[dict[str, Any] | None] | None = None,
                 resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -363,7 +307,7 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
     config = configs[0]
     device = config.resolved_device()
     scorer = ScaleScorer(training_sifid(monitor, device))
-    models = [_open_model(image, cfg, Path(run_dir), extra, shapes, resume, overwrite)
+    models = [open_run(image, cfg, Path(run_dir), extra, shapes, resume, overwrite)
               for image, cfg, run_dir, extra in zip(images, configs, run_dirs,
                                                     extras or [None] * len(images), strict=True)]
     finest = {m.pyramid.finest_trained for m in models}
@@ -431,13 +375,13 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
     return [m.pyramid for m in models]
 
 
-def _draw_curves(models: Sequence[_Model]) -> None:
+def _draw_curves(models: Sequence[OpenedRun]) -> None:
     for model in models:
         if model.pyramid.generators:
             _save_curves(model.run_dir, model.history, model.metadata, model.pyramid.noise_amps)
 
 
-def _finish_scale(model: _Model, scale: int, generator: Generator, critic: Discriminator,
+def _finish_scale(model: OpenedRun, scale: int, generator: Generator, critic: Discriminator,
                   amp: float, rows: list[dict[str, float]], seconds: float, k: int,
                   scorer: ScaleScorer, monitor: MonitorOptions) -> None:
     """Freeze one model's scale and save it as the single-model trainer does."""

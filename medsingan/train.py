@@ -725,46 +725,18 @@ def train(
     if not 0 <= last_scale < len(shapes):
         raise ConfigError(f"last_scale must lie in 0..{len(shapes) - 1}, got {last_scale}")
     _check_patch_grid(config, shapes[-1])
-    reals = build_image_pyramid(image, shapes, mask_channels(extra_config))  # masks: nearest
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: choose one")
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir} holds no run to resume; drop --resume to start one")
     scorer = ScaleScorer(training_sifid(monitor, device))  # weights checked before any write
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create the run directory {run_dir}: "
-                          f"{exc.strerror or exc}") from exc
-    stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
-    if stored is not None:
-        _check_same_source(run_dir, stored.get("extra") or {}, extra_config or {})
+    opened = open_run(image, config, run_dir, extra_config, shapes, resume, overwrite)
+    pyramid, critics, history, metadata = (opened.pyramid, opened.critics, opened.history,
+                                           opened.metadata)
     channels = image.shape[1]
     coarsest = len(shapes) - 1
-    metadata = stored or {
-        "format": RUN_FORMAT,
-        "version": medsingan.__version__,
-        "train": config.to_dict(),
-        "extra": extra_config,
-        "geometry": {"source_shape": list(image.shape[-2:]), "channels": channels,
-                     "shapes": [list(s) for s in shapes],
-                     "scale_factor": effective_scale_factor(shapes)},
-        "progress": {},
-    }
-    metadata["train"] = config.to_dict()
-    critics: dict[int, Discriminator] = {}
-    if pyramid is None:
-        z_rng = seeded_generator(config.seed, Stream.RECONSTRUCTION)
-        z_star = draw_noise((1, channels, *shapes[-1]), z_rng)
-        pyramid = TrainedPyramid(reals=reals, z_star=z_star)
-        metadata["progress"] = {}
-        _write_json(run_dir / CONFIG_FILE, metadata)
-    elif config.loss == DEFAULT_LOSS:
-        critics = _load_critics(run_dir, pyramid)
     pyramid.to(device)
-    pyramid.metadata = metadata
-    history = _read_history(run_dir / HISTORY_FILE, set(pyramid.generators))
     live = (TensorBoardLog(monitor.tensorboard, len(shapes), config.iters)
             if monitor.tensorboard is not None else None)
     report = _Reporter(progress, len(shapes), config.iters, live)
@@ -821,6 +793,61 @@ def _check_patch_grid(config: TrainConfig, coarsest: tuple[int, int]) -> None:
                           f"({coarsest[1]} x {coarsest[0]} px); --patch-size "
                           f"{config.patch_size} with --patch-stride {config.patch_stride} gives "
                           f"{count}: use smaller patches or a finer stride")
+
+
+@dataclass
+class OpenedRun:
+    """A run directory opened for training: its pyramid (the finished scales, or none), the
+    critics to start the next scale from, the history of the finished scales and the
+    ``config.json`` content."""
+
+    run_dir: Path
+    config: TrainConfig
+    pyramid: TrainedPyramid
+    critics: dict[int, Discriminator]
+    history: list[dict[str, float]]
+    metadata: dict[str, Any]
+
+
+def open_run(image: torch.Tensor, config: TrainConfig, run_dir: Path,
+             extra: dict[str, Any] | None, shapes: list[tuple[int, int]], resume: bool,
+             overwrite: bool) -> OpenedRun:
+    """Create or reopen ``run_dir`` for training ``image`` (checked) on the pyramid
+    ``shapes``: a new run's ``config.json`` and z* are written, a run to resume is loaded
+    and checked against the settings and source (RunDirError)."""
+    reals = build_image_pyramid(image, shapes, mask_channels(extra))  # masks: nearest
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create the run directory {run_dir}: "
+                          f"{exc.strerror or exc}") from exc
+    stored, pyramid = _prepare_run_dir(run_dir, config, reals, resume, overwrite)
+    if stored is not None:
+        _check_same_source(run_dir, stored.get("extra") or {}, extra or {})
+    channels = image.shape[1]
+    metadata = stored or {
+        "format": RUN_FORMAT,
+        "version": medsingan.__version__,
+        "train": config.to_dict(),
+        "extra": extra,
+        "geometry": {"source_shape": list(image.shape[-2:]), "channels": channels,
+                     "shapes": [list(s) for s in shapes],
+                     "scale_factor": effective_scale_factor(shapes)},
+        "progress": {},
+    }
+    metadata["train"] = config.to_dict()
+    critics: dict[int, Discriminator] = {}
+    if pyramid is None:
+        z_rng = seeded_generator(config.seed, Stream.RECONSTRUCTION)
+        z_star = draw_noise((1, channels, *shapes[-1]), z_rng)
+        pyramid = TrainedPyramid(reals=reals, z_star=z_star)
+        metadata["progress"] = {}
+        _write_json(run_dir / CONFIG_FILE, metadata)
+    elif config.loss == DEFAULT_LOSS:
+        critics = _load_critics(run_dir, pyramid)
+    pyramid.metadata = metadata
+    history = _read_history(run_dir / HISTORY_FILE, set(pyramid.generators))
+    return OpenedRun(run_dir, config, pyramid, critics, history, metadata)
 
 
 def _trim_heap() -> None:
