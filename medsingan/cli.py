@@ -187,7 +187,7 @@ def train(
     alpha: Annotated[float | None, typer.Option(
         "--alpha", help="Reconstruction loss weight [default: 10].", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
-        "--lr", help="Adam learning rate of generator and critic [default: 5e-4].",
+        "--lr", help="Adam learning rate of the generator and (wgan-gp) critic [default: 5e-4].",
         show_default=False)] = None,
     loss: LossOpt = None,
     patch_size: Annotated[int | None, typer.Option(
