@@ -13,6 +13,7 @@ is involved.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,18 @@ LOSS_PANELS = (("d_loss", "critic loss", "linear"),
                ("rec_loss", "reconstruction MSE", "log"),
                ("gp", "gradient penalty", "linear"))
 SCORE_PANELS = (("patch_swd", "patch SWD (x1000)"), ("sifid", "SIFID"))
+# a run trained with an explicit patch loss (train --loss) has no critic: its history's
+# d_loss and gp are NaN and g_adv is the patch loss
+EXPLICIT_LOSS_PANELS = (("g_adv", "patch loss", "linear"),
+                        ("rec_loss", "reconstruction MSE", "log"))
+
+
+def loss_panels(rows: Sequence[dict[str, float]]) -> tuple[tuple[str, str, str], ...]:
+    """The loss panels of a run's history: :data:`LOSS_PANELS`, or
+    :data:`EXPLICIT_LOSS_PANELS` when no row has a critic loss."""
+    if rows and all(math.isnan(float(r["d_loss"])) for r in rows):
+        return EXPLICIT_LOSS_PANELS
+    return LOSS_PANELS
 
 
 def _segments(rows: Sequence[dict[str, float]]) -> list[tuple[int, int, int]]:
@@ -61,7 +74,7 @@ def save_training_curves(path: Path, rows: Sequence[dict[str, float]],
 
 def training_figure(rows: Sequence[dict[str, float]], scales: Sequence[dict[str, Any]]) -> Any:
     """The curves as a matplotlib ``Figure`` on an Agg canvas: the loss panels (in the order of
-    :data:`LOSS_PANELS`), then the score panels (:data:`SCORE_PANELS`).
+    :func:`loss_panels`), then the score panels (:data:`SCORE_PANELS`).
 
     Args:
         rows: history rows (``scale``, ``iter`` and the loss columns of :data:`LOSS_PANELS`),
@@ -76,7 +89,8 @@ def training_figure(rows: Sequence[dict[str, float]], scales: Sequence[dict[str,
     # a fixed layout: matplotlib's automatic ones cost more than the drawing itself
     figure = Figure(figsize=(12, 8), dpi=90)
     FigureCanvasAgg(figure)
-    left = figure.add_gridspec(len(LOSS_PANELS), 1, left=0.07, right=0.66, top=0.9,
+    panels = loss_panels(rows)
+    left = figure.add_gridspec(len(panels), 1, left=0.07, right=0.66, top=0.9,
                                bottom=0.07, hspace=0.12)
     right = figure.add_gridspec(len(SCORE_PANELS), 1, left=0.73, right=0.98, top=0.9,
                                 bottom=0.07, hspace=0.4)
@@ -84,7 +98,7 @@ def training_figure(rows: Sequence[dict[str, float]], scales: Sequence[dict[str,
     segments = _segments(rows)
     sizes = {int(s["scale"]): f"{s['height']}x{s['width']}" for s in scales}
     first = None
-    for panel, (column, label, yscale) in enumerate(LOSS_PANELS):
+    for panel, (column, label, yscale) in enumerate(panels):
         axes = figure.add_subplot(left[panel, 0], sharex=first)
         first = first or axes
         values = [float(r[column]) for r in rows]
@@ -98,7 +112,7 @@ def training_figure(rows: Sequence[dict[str, float]], scales: Sequence[dict[str,
         axes.grid(True, alpha=0.3)
         if panel == 0 and segments:
             _label_scales(axes, steps, segments, sizes)
-        if panel < len(LOSS_PANELS) - 1:
+        if panel < len(panels) - 1:
             axes.tick_params(labelbottom=False)
     if first is not None:
         first.set_title("losses at every logged iteration", fontsize=10, loc="left", pad=28)

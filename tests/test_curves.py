@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -16,7 +17,7 @@ from medsingan.generate import sample
 from medsingan.metrics.patch_swd import patch_swd
 from medsingan.metrics.sifid import SifidScorer
 from medsingan.monitor import MonitorOptions, ScaleScorer
-from medsingan.plots import LOSS_PANELS, training_figure
+from medsingan.plots import LOSS_PANELS, SCORE_PANELS, training_figure
 from medsingan.runs import train_scan
 from tests.cli.in_process import assert_one_line_error_in_process, run_in_process
 from tests.conftest import dicom_file
@@ -147,6 +148,21 @@ def test_curves_have_a_panel_per_loss_labelled_scales_and_a_log_reconstruction_a
     medians = scores[0].get_lines()[0].get_ydata()
     assert list(medians) == pytest.approx(
         [statistics.median(s["scores"]["patch_swd"]) for s in scales])
+
+
+def test_an_explicit_loss_run_draws_its_patch_loss_and_no_critic_panels(scored_run):
+    """A critic-free run's history (train --loss: d_loss and gp NaN, g_adv the patch loss):
+    two loss panels, the patch loss's line the history's values."""
+    history = [{k: float(v) for k, v in row.items()} | {"d_loss": math.nan, "gp": math.nan}
+               for row in _history(scored_run[0])]
+    figure = training_figure(history, [])
+    losses = figure.axes[:2]
+    assert [a.get_ylabel() for a in losses] == ["patch loss", "reconstruction MSE"]
+    assert [a.get_yscale() for a in losses] == ["linear", "log"]
+    drawn = [y for line in losses[0].get_lines() if line.get_linestyle() == "-"
+             for y in line.get_ydata()]
+    assert drawn == pytest.approx([row["g_adv"] for row in history])
+    assert len(figure.axes) == 2 + len(SCORE_PANELS)  # no critic loss or penalty panel
 
 
 def test_tensorboard_log_holds_the_history_and_the_scores(scored_run):
