@@ -7,7 +7,13 @@ the patch sliced Wasserstein distance (x 1000, lower is better) between the scan
 samples drawn from the coarsest scale (N) and from N-1, plus sample diversity (mean per-pixel
 standard deviation across samples over the scan's standard deviation, as in the paper).
 
-    python benchmarks/train_quality.py --size 64 --configs paper fast [--iters 2000]
+    python benchmarks/train_quality.py --size 64 --configs paper fast quick [--iters 2000]
+        [--runs DIR] [--jobs 2]
+
+``--runs DIR`` keeps each run directory (``DIR/<config>``, with its ``samples_scale_*.png``) and
+writes ``DIR/samples_side_by_side.png``: each configuration's ``samples_scale_0.png`` in a row.
+``--jobs 2`` trains two configurations at a time, one torch thread each (their wall times then
+share the cores).
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +40,21 @@ from medsingan.train import TrainConfig, train
 
 
 def evaluate(name: str, overrides: dict[str, Any], size: int, iters: int | None,
-             samples: int) -> dict[str, Any]:
+             samples: int, runs: Path | None = None, threads: int | None = None
+             ) -> dict[str, Any]:
     """Train one configuration to completion and score it."""
+    if threads:
+        torch.set_num_threads(threads)
     values = overrides | {"max_size": size, "device": "cpu"}
     if iters is not None:
         values["iters"] = iters
     config = TrainConfig(**values)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        pyramid = train(chest_radiograph(), config, Path(tmp), progress=False)
+        run_dir = Path(tmp) if runs is None else runs / name
+        if runs is not None and run_dir.exists():
+            shutil.rmtree(run_dir)
+        pyramid = train(chest_radiograph(), config, run_dir, progress=False)
     wall = time.perf_counter() - started
     real = pyramid.reals[0]
     mse = float(((reconstruct(pyramid) - real) ** 2).mean())
@@ -63,13 +78,37 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="random samples scored")
     parser.add_argument("--configs", nargs="+", default=["paper", "fast"], choices=list(PRESETS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--runs", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--jobs", type=int, default=1, help="configurations trained at a time")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = [evaluate(name, PRESETS[name], args.size, args.iters, args.samples)
-               for name in args.configs]
-    json.dump({"size": args.size, "results": results}, sys.stdout, indent=2)
+    threads = args.threads or (1 if args.jobs > 1 else None)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(evaluate, name, PRESETS[name], args.size, args.iters, args.samples,
+                            args.runs, threads) for name in args.configs]
+        results = []
+        for job in jobs:
+            results.append(job.result())
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    if args.runs is not None:
+        side_by_side(args.runs, args.configs)
+    json.dump({"size": args.size, "jobs": args.jobs, "threads": threads or torch.get_num_threads(),
+               "results": results}, sys.stdout, indent=2)
     print()
+
+
+def side_by_side(runs: Path, names: list[str]) -> None:
+    """Each configuration's ``samples_scale_0.png`` in a row, its name above it."""
+    from PIL import Image, ImageDraw
+
+    sheets = [Image.open(runs / name / "samples_scale_0.png").convert("L") for name in names]
+    width, label = max(s.width for s in sheets), 16
+    canvas = Image.new("L", (width, sum(s.height + label for s in sheets)), 255)
+    top = 0
+    for name, sheet in zip(names, sheets, strict=True):
+        ImageDraw.Draw(canvas).text((4, top + 2), name, fill=0)
+        canvas.paste(sheet, (0, top + label))
+        top += sheet.height + label
+    canvas.save(runs / "samples_side_by_side.png")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from real_scans import chest_square
 
 from medsingan.batched import train_batch
 from medsingan.pyramid import resize
+from medsingan.runs import TRAINING_PRESETS, training_preset
 from medsingan.train import HISTORY_FILE, TrainConfig, run_summary, train
 
 # Official SinGAN (3 channels, defaults), seconds per iteration on 2 CPU cores (issue #3).
@@ -50,10 +51,10 @@ OFFICIAL_S_PER_ITER = {25: 0.09, 32: 0.15, 40: 0.19, 50: 0.24, 63: 0.87, 80: 1.3
 OFFICIAL_TOTAL_HOURS = 59.0
 OFFICIAL_PEAK_RSS_GIB = 3.9
 
-# TrainConfig overrides. "paper": the defaults. "fast": the proposed default preset;
-# "fast_amp": the same with bfloat16 convolutions.
-FAST: dict[str, Any] = {"norm": "instance", "max_nfc": 64, "scale_factor": 0.7, "gp_every": 4}
-PRESETS: dict[str, dict[str, Any]] = {"paper": {}, "fast": FAST, "fast_amp": FAST | {"amp": True}}
+# TrainConfig overrides: each speed preset's, as configs/training.yaml gives them ("paper": the
+# defaults), and "fast_amp": fast with bfloat16 convolutions.
+PRESETS: dict[str, dict[str, Any]] = {name: training_preset(name) for name in TRAINING_PRESETS}
+PRESETS["fast_amp"] = PRESETS["fast"] | {"amp": True}
 
 
 def measure(name: str, overrides: dict[str, Any], size: int, iters: int,

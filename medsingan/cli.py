@@ -358,7 +358,8 @@ def augment(
         "--start-scale", help="Scale where fresh noise starts: N (coarsest, most variety), "
         "N-k, or an index (0 = finest); coarser scales reconstruct the scan. all: a sweep, "
         "every start scale 0..N (patch engine: N-1..N) into OUT/start_scale_S [OUT default: "
-        "the cohort folder + _sweep], with OUT/sweep.png and OUT/summary.json.")] = "N",
+        "the cohort folder + _sweep], with OUT/sweep.png and OUT/summary.json; a list "
+        "(N-1,N): a sweep of those scales.")] = "N",
     seed: Annotated[int, typer.Option(
         "--seed", help="Cohort seed: sample i of seed s is the same whatever the batch "
         "size.")] = 0,
@@ -431,7 +432,7 @@ def augment(
     from medsingan.augment import AugmentRequest
     from medsingan.augment import augment as run_augment
     from medsingan.manipulate_cli import report_sweep
-    from medsingan.sweep import augment_sweep, is_sweep
+    from medsingan.sweep import augment_sweep, is_scale_list, is_sweep
 
     patch = engine is Engine.patch
     request = AugmentRequest(
@@ -445,7 +446,7 @@ def augment(
         split=split, subject_id=subject_id, sifid=not no_sifid,
         sifid_variant=sifid_variant.value, inception_weights=inception_weights, device=device,
         overwrite=overwrite, keep_identifiers=keep_identifiers, progress=not quiet)
-    if is_sweep(start_scale) or pick is not None:
+    if is_sweep(start_scale) or is_scale_list(start_scale) or pick is not None:
         report_sweep(augment_sweep(request, pick))
         return
     result = run_augment(request)

@@ -75,6 +75,26 @@ def is_sweep(text: str | int | None) -> bool:
     return text is not None and str(text).strip().lower() == ALL
 
 
+def is_scale_list(text: str | int | None) -> bool:
+    """Whether a ``--start-scale`` value names several scales (``N-1,N``)."""
+    return text is not None and "," in str(text)
+
+
+def sweep_scales(text: str, coarsest: int, first: int, option: str) -> list[int]:
+    """The start scales of ``text``: ``all`` = ``first .. coarsest``, or a comma list of
+    ``N``, ``N-k`` and indices (two or more, finest first)."""
+    if is_sweep(text):
+        return list(range(first, coarsest + 1))
+    scales = sorted({augmenting.parse_scale(part.strip(), coarsest, option)
+                     for part in str(text).split(",") if part.strip()})
+    if len(scales) < 2:
+        raise ConfigError(f"{option} {text} names one scale: give two or more (N-1,N) or all")
+    if scales[0] < first:
+        raise ConfigError(f"{option} {text}: this engine starts at scale {first} or coarser "
+                          f"(N = {coarsest})")
+    return scales
+
+
 def check_pick(pick: str | None, sweeping: bool, option: str) -> None:
     """``--pick`` is ``best`` and goes with ``option all``; ConfigError otherwise."""
     if pick is None:
@@ -82,7 +102,8 @@ def check_pick(pick: str | None, sweeping: bool, option: str) -> None:
     if pick not in PICKS:
         raise ConfigError(f"--pick must be best, not '{pick}'")
     if not sweeping:
-        raise ConfigError(f"--pick best chooses among the scales of a sweep: give {option} all")
+        raise ConfigError(f"--pick best chooses among the scales of a sweep: give {option} all"
+                          + (" or a list (N-1,N)" if option == "--start-scale" else ""))
 
 
 @dataclass
@@ -194,8 +215,8 @@ def discard(outcome: ScaleOutcome, manifest: Path) -> None:
 
 def finish(out: Path, manifest: Path, command: str, option: str, criterion: Criterion,
            outcomes: list[ScaleOutcome], pick: str | None,
-           reference: Sequence[Tile] = (), settings: dict[str, Any] | None = None
-           ) -> SweepResult:
+           reference: Sequence[Tile] = (), settings: dict[str, Any] | None = None,
+           value: str = ALL) -> SweepResult:
     """Pick the best scale, keep only it under ``pick == "best"``, then write the sheet (all
     scales, ``reference`` tiles first) and ``summary.json``."""
     best, warnings = pick_best(outcomes, criterion.excluded or "is excluded")
@@ -205,7 +226,7 @@ def finish(out: Path, manifest: Path, command: str, option: str, criterion: Crit
             if outcome.scale != picked:
                 discard(outcome, manifest)
     sheet = out / SHEET_FILE
-    title = (f"{command} {option} all: {criterion.description} under each image, lower is "
+    title = (f"{command} {option} {value}: {criterion.description} under each image, lower is "
              f"better; best scale {best.scale}" + (" (kept)" if picked is not None else ""))
     save_contact_sheet(sheet, title, outcomes, best.scale, reference,
                        criterion.excluded_label or "excluded")
@@ -293,18 +314,20 @@ def save_contact_sheet(path: Path, title: str, outcomes: Sequence[ScaleOutcome],
 
 def augment_sweep(request: AugmentRequest, pick: str | None = None) -> SweepResult:
     """:func:`medsingan.augment.augment` at every start scale ``0 .. N`` (the patch engine:
-    ``N-1 .. N``), each into ``<out>/start_scale_<S>`` (resumable as augment is), then the
-    sheet, ``summary.json`` and ``--pick best`` (see the module docstring).
+    ``N-1 .. N``), or at those of a list (``N-1,N``), each into ``<out>/start_scale_<S>``
+    (resumable as augment is), then the sheet, ``summary.json`` and ``--pick best`` (see the
+    module docstring).
 
     ``request.out`` is the sweep folder [default: augment's folder + ``_sweep``]; every scale
     is checked (settings, folder, manifest) before the first sample is drawn.
     """
-    check_pick(pick, is_sweep(request.start_scale), "--start-scale")
-    if not is_sweep(request.start_scale):
-        raise ConfigError("augment_sweep needs --start-scale all")
+    sweeping = is_sweep(request.start_scale) or is_scale_list(request.start_scale)
+    check_pick(pick, sweeping, "--start-scale")
+    if not sweeping:
+        raise ConfigError("augment_sweep needs --start-scale all or a list of scales")
     source = open_source(request)
     first = max(source.coarsest - 1, 0) if source.engine == "patch" else 0
-    scales = list(range(first, source.coarsest + 1))
+    scales = sweep_scales(request.start_scale, source.coarsest, first, "--start-scale")
     out = Path(request.out or f"{source.default_out}_sweep")
     check_sweep_folder(out, "augment", request.overwrite)
     requests = {s: replace(request, start_scale=str(s), out=out / f"start_scale_{s}")
@@ -328,7 +351,9 @@ def augment_sweep(request: AugmentRequest, pick: str | None = None) -> SweepResu
     settings = {"n": request.n, "seed": request.seed, "max_copy": request.max_copy,
                 "engine": source.engine}
     return finish(out, manifest, "augment", "--start-scale", criterion, outcomes, pick,
-                  reference=[Tile(source.real.cpu(), ["training image"])], settings=settings)
+                  reference=[Tile(source.real.cpu(), ["training image"])], settings=settings,
+                  value=ALL if is_sweep(request.start_scale) else
+                  ",".join(str(s) for s in scales))
 
 
 def _augment_outcome(scale: int, folder: Path, summary: dict[str, Any], frame: Any,

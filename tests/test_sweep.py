@@ -171,3 +171,33 @@ def test_augment_cli_sweep_prints_every_scale_and_the_kept_one(ct_run, tmp_path,
     assert summary["picked_scale"] == min(scores, key=lambda s: (scores[s], s))
     # the kept sample's row holds the score the summary recorded for its scale
     assert frame["patch_swd"].iloc[0] == pytest.approx(scores[summary["picked_scale"]])
+
+
+def test_a_start_scale_list_sweeps_those_scales_only(ct_run, tmp_path, monkeypatch, capsys):
+    """``--start-scale N-1,N``: the two scales' cohorts, each the same files as a plain augment
+    at that start scale, on one sheet; a one-scale or out-of-range list is refused."""
+    out, manifest = tmp_path / "sweep", tmp_path / "m.csv"
+    code, stdout, err = run_in_process(
+        monkeypatch, capsys, "augment", ct_run, "--n", "2", "--no-sifid", "--start-scale",
+        "N-1,N", "--out", out, "--manifest", manifest, "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scales"] == [2, 3]
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["start_scale_2", "start_scale_3", "summary.json", "sweep.png"]
+    assert sorted(read_manifest(manifest)["start_scale"].unique()) == [2, 3]
+    plain = tmp_path / "plain"
+    code, _, err = run_in_process(
+        monkeypatch, capsys, "augment", ct_run, "--n", "2", "--no-sifid", "--start-scale", "N",
+        "--out", plain, "--manifest", tmp_path / "plain.csv", "--quiet")
+    assert code == 0, err
+    swept = sorted((out / "start_scale_3").glob("*.dcm"))
+    assert len(swept) == 2
+    for path in swept:
+        assert read_scan(path).image.tobytes() == read_scan(plain / path.name).image.tobytes()
+    for value, fragment in (("N,N", "names one scale"), ("N,7", "out of range")):
+        bad = tmp_path / f"bad{len(fragment)}"
+        assert_one_line_error_in_process(run_in_process(
+            monkeypatch, capsys, "augment", ct_run, "--n", "1", "--no-sifid", "--start-scale",
+            value, "--out", bad, "--manifest", tmp_path / "bad.csv"), fragment)
+        assert not bad.exists() and not (tmp_path / "bad.csv").exists()

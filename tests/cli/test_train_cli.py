@@ -44,6 +44,28 @@ def test_info_lists_every_scale(tiny_run):
     assert text.returncode == 0 and "noise amp" in text.stdout
 
 
+def test_the_quick_preset_trains_a_real_scan_and_is_recorded(tmp_path):
+    """``--preset quick``: fast's networks and pyramid with 500 iterations per scale (README,
+    configs/training.yaml); an explicit ``--iters`` still wins."""
+    from medsingan.runs import resolve_train_config
+    from medsingan.train import load_run
+
+    assert resolve_train_config("quick", {}, {}).iters == 500
+    run_dir = tmp_path / "quick"
+    result = run_cli("train", dicom_file("CT_small.dcm"), "--out", run_dir, "--preset", "quick",
+                     *TINY)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["extra"]["speed_preset"] == "quick"
+    train = config["train"]
+    assert (train["iters"], train["max_nfc"], train["scale_factor"], train["norm"],
+            train["gp_every"]) == (4, 64, 0.7, "instance", 4)
+    pyramid = load_run(run_dir)
+    assert pyramid.is_complete and tuple(pyramid.reals[0].shape[-2:]) == (32, 32)
+    info = run_cli("info", run_dir)
+    assert info.returncode == 0 and "quick" in info.stdout
+
+
 def test_a_finished_run_is_not_overwritten_by_accident(tiny_run):
     before = (tiny_run / "weights.safetensors").read_bytes()
     result = run_cli("train", dicom_file("CT_small.dcm"), "--out", tiny_run, *TINY)
