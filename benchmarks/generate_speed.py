@@ -7,12 +7,12 @@ once without SIFID (SSIM, patch SWD and diversity still computed) and once with 
 Inception weights cannot be downloaded here, so a weights file of the right shapes with random
 values is used: timing only, the scores themselves are meaningless. Pass --inception-weights
 to time with the real file. ``sampling_only`` times the pyramid's forward passes alone (no
-scores, no files), the part the official code's figure compares with.
+scores, no files).
 
     python benchmarks/generate_speed.py [--n 500] [--preset fast] [--device auto]
 
-Prints JSON, with the official SinGAN's figure on this kind of machine (1.06 s per 250-px
-sample, one at a time, unscored) and the throughput ratio to it.
+Prints JSON (no ratio to the official code: a time measured on another machine or day is not
+comparable, and ``vs_official.py`` times training).
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from medsingan.metrics.sifid import PAPER_WEIGHTS_NAME
 from medsingan.runs import train_scan
 from medsingan.train import load_run
 
-OFFICIAL_S_PER_SAMPLE = 1.06
-
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -51,8 +49,7 @@ def _timed_augment(run_dir: Path, folder: Path, n: int, device: str, batch_size:
                                     batch_size=batch_size, progress=False))
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 2), "seconds_per_sample": round(seconds / n, 4),
-            "samples_written": len(result.written),
-            "speedup_vs_official": round(OFFICIAL_S_PER_SAMPLE * n / seconds, 2)}
+            "samples_written": len(result.written)}
 
 
 def _timed_sampling(run_dir: Path, n: int, device: str, batch_size: int | None) -> dict[str, float]:
@@ -67,8 +64,7 @@ def _timed_sampling(run_dir: Path, n: int, device: str, batch_size: int | None) 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 2), "seconds_per_sample": round(seconds / n, 4),
-            "speedup_vs_official": round(OFFICIAL_S_PER_SAMPLE * n / seconds, 2)}
+    return {"seconds": round(seconds, 2), "seconds_per_sample": round(seconds / n, 4)}
 
 
 def main() -> None:
@@ -100,9 +96,6 @@ def main() -> None:
                                   args.batch_size, None)
         scored = _timed_augment(run_dir, folder / "sifid", args.n, args.device,
                                 args.batch_size, weights)
-    if args.size != 250:  # the official figure is for 250-px samples
-        for timing in (sampling, unscored, scored):
-            timing["speedup_vs_official"] = None
     report = {
         "benchmark": "generate_speed",
         "n": args.n, "size": args.size, "preset": args.preset,
@@ -114,7 +107,6 @@ def main() -> None:
         "without_sifid": unscored,
         "with_sifid": scored,
         "sifid_weights": "given file" if args.inception_weights else "random (timing only)",
-        "official_seconds_per_sample": OFFICIAL_S_PER_SAMPLE,
         "peak_rss_gib": round(_peak_rss_gib(), 3),
     }
     json.dump(report, sys.stdout, indent=2)

@@ -57,8 +57,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    config = TrainConfig(**PRESETS[args.config], max_size=args.size, iters=args.iters,
-                         device=args.device)
+    config = TrainConfig(**(PRESETS[args.config] | {"max_size": args.size, "iters": args.iters,
+                                                     "device": args.device}))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
                                            if args.device.startswith("cuda") else [])
     with tempfile.TemporaryDirectory() as tmp:

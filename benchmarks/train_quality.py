@@ -1,14 +1,17 @@
 """Quality at reduced size: the paper's settings vs. the fast preset, trained to completion.
 
-Trains the full CR chest radiograph (see ``real_scans.py``; 5 scales at 64 px, the setting
-in which the official code took 2614 s here) at a reduced max side with each
-configuration, then reports, per configuration: wall time, reconstruction PSNR from z*, and
-the patch sliced Wasserstein distance (x 1000, lower is better) between the scan and random
-samples drawn from the coarsest scale (N) and from N-1, plus sample diversity (mean per-pixel
-standard deviation across samples over the scan's standard deviation, as in the paper).
+Trains the full CR chest radiograph (see ``real_scans.py``; 5 scales at 64 px) at a reduced
+max side with each configuration, then reports, per configuration: wall time, reconstruction
+PSNR from z*, and the patch sliced Wasserstein distance (x 1000, lower is better) between the
+scan and random samples drawn from the coarsest scale (N) and from N-1, plus sample diversity
+(mean per-pixel standard deviation across samples over the scan's standard deviation, as in
+the paper).
 
     python benchmarks/train_quality.py --size 64 --configs paper fast quick [--iters 2000]
-        [--runs DIR] [--jobs 2]
+        [--runs DIR] [--jobs 2] [--config NAME=PRESET,KEY=VALUE,...]
+
+``--config`` adds a candidate that is not a preset (yet): a preset's settings with some
+TrainConfig fields changed, e.g. ``--config paper500=paper,iters=500``; repeatable.
 
 ``--runs DIR`` keeps each run directory (``DIR/<config>``, with its ``samples_scale_*.png``) and
 writes ``DIR/samples_side_by_side.png``: each configuration's ``samples_scale_0.png`` in a row.
@@ -19,21 +22,24 @@ share the cores).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
+import re
 import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from real_scans import chest_radiograph
 from train_speed import PRESETS
 
+from medsingan.errors import ConfigError
 from medsingan.generate import reconstruct, sample
 from medsingan.metrics.patch_swd import patch_swd
 from medsingan.train import TrainConfig, train
@@ -50,11 +56,12 @@ def evaluate(name: str, overrides: dict[str, Any], size: int, iters: int | None,
         values["iters"] = iters
     config = TrainConfig(**values)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) if runs is None else runs / name
-        if runs is not None and run_dir.exists():
-            shutil.rmtree(run_dir)
-        pyramid = train(chest_radiograph(), config, run_dir, progress=False)
+    if runs is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            pyramid = train(chest_radiograph(), config, Path(tmp), progress=False)
+    else:
+        shutil.rmtree(runs / name, ignore_errors=True)
+        pyramid = train(chest_radiograph(), config, runs / name, progress=False)
     wall = time.perf_counter() - started
     real = pyramid.reals[0]
     mse = float(((reconstruct(pyramid) - real) ** 2).mean())
@@ -71,26 +78,79 @@ def evaluate(name: str, overrides: dict[str, Any], size: int, iters: int | None,
     return result
 
 
+def parse_candidate(text: str, taken: set[str]) -> tuple[str, dict[str, Any]]:
+    """``NAME=PRESET,KEY=VALUE,...`` -> (NAME, the preset's overrides with KEY set to VALUE,
+    parsed as TrainConfig's field's type); a one-line SystemExit for anything else."""
+    def refuse(why: str) -> NoReturn:
+        raise SystemExit(f"--config {text!r}: {why}")
+
+    name, _, spec = text.partition("=")
+    base, *pairs = spec.split(",")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        refuse("NAME (a folder under --runs) must be letters, digits, '_' or '-'")
+    if name in taken:
+        refuse(f"{name!r} is given twice")
+    if base not in PRESETS:
+        refuse(f"expected NAME=PRESET,KEY=VALUE,... with PRESET one of {', '.join(PRESETS)}")
+    defaults = TrainConfig()
+    overrides = dict(PRESETS[base])
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals:
+            refuse(f"{pair!r} is not KEY=VALUE")
+        if key in ("max_size", "device"):
+            refuse(f"{key} is set by --size and the benchmark, not per candidate")
+        default = getattr(defaults, key, None)
+        if key not in {f.name for f in dataclasses.fields(TrainConfig)} or \
+                not isinstance(default, (bool, int, float, str)):
+            refuse(f"{key!r} is not a settable TrainConfig field")
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                overrides[key] = value.lower() == "true"
+            elif isinstance(default, int):
+                overrides[key] = int(value)
+            else:
+                overrides[key] = type(default)(value)
+        except ValueError:
+            kinds = {bool: "true or false", int: "an integer", float: "a number"}
+            refuse(f"{key}={value!r}: expected {kinds[type(default)]}")
+    try:
+        TrainConfig(**overrides).validate()
+    except (ConfigError, TypeError) as exc:
+        refuse(str(exc))
+    return name, overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="max side in px")
     parser.add_argument("--iters", type=int, default=None, help="override iterations per scale")
     parser.add_argument("--samples", type=int, default=16, help="random samples scored")
-    parser.add_argument("--configs", nargs="+", default=["paper", "fast"], choices=list(PRESETS))
+    parser.add_argument("--configs", nargs="+", default=None, choices=list(PRESETS),
+                        help="presets to train (default: paper fast, none with --config)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--runs", type=Path, default=None, help="keep the run directories here")
     parser.add_argument("--jobs", type=int, default=1, help="configurations trained at a time")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=PRESET,K=V,...",
+                        help="a candidate configuration: a preset with fields changed")
     args = parser.parse_args()
     threads = args.threads or (1 if args.jobs > 1 else None)
+    presets = args.configs if args.configs is not None else [] if args.config else ["paper", "fast"]
+    candidates = {name: PRESETS[name] for name in presets}
+    for text in args.config:
+        name, overrides = parse_candidate(text, set(candidates))
+        candidates[name] = overrides
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(evaluate, name, PRESETS[name], args.size, args.iters, args.samples,
-                            args.runs, threads) for name in args.configs]
+        jobs = [pool.submit(evaluate, name, overrides, args.size, args.iters, args.samples,
+                            args.runs, threads) for name, overrides in candidates.items()]
         results = []
         for job in jobs:
             results.append(job.result())
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     if args.runs is not None:
-        side_by_side(args.runs, args.configs)
+        side_by_side(args.runs, list(candidates))
     json.dump({"size": args.size, "jobs": args.jobs, "threads": threads or torch.get_num_threads(),
                "results": results}, sys.stdout, indent=2)
     print()

@@ -18,8 +18,10 @@ of both and their ratio:
     python benchmarks/train_speed.py --batched 1 2 4 8 --size 64 --iters 20 --configs fast
     python benchmarks/train_speed.py --batched 1 8 32 --size 250 --iters 20 --device cuda
 
-Prints JSON with the official SinGAN's per-iteration figures on this kind of machine (2 CPU
-cores) and the ratios to them.
+Prints JSON; each configuration's extrapolated total is also given as a ratio to the first
+configuration's, measured in the same run (figures from different machines or days are not
+comparable: these shared machines differ 4x). The official code side by side:
+``benchmarks/vs_official.py``.
 """
 
 from __future__ import annotations
@@ -45,12 +47,6 @@ from medsingan.pyramid import resize
 from medsingan.runs import TRAINING_PRESETS, training_preset
 from medsingan.train import HISTORY_FILE, TrainConfig, run_summary, train
 
-# Official SinGAN (3 channels, defaults), seconds per iteration on 2 CPU cores (issue #3).
-OFFICIAL_S_PER_ITER = {25: 0.09, 32: 0.15, 40: 0.19, 50: 0.24, 63: 0.87, 80: 1.31, 100: 1.95,
-                       126: 3.48, 158: 15.1, 199: 27.3, 250: 55.2}
-OFFICIAL_TOTAL_HOURS = 59.0
-OFFICIAL_PEAK_RSS_GIB = 3.9
-
 # TrainConfig overrides: each speed preset's, as configs/training.yaml gives them ("paper": the
 # defaults), and "fast_amp": fast with bfloat16 convolutions.
 PRESETS: dict[str, dict[str, Any]] = {name: training_preset(name) for name in TRAINING_PRESETS}
@@ -63,7 +59,7 @@ def measure(name: str, overrides: dict[str, Any], size: int, iters: int,
     if threads:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()[0]
-    full = TrainConfig(**overrides, max_size=size, device="cpu")
+    full = TrainConfig(**(overrides | {"max_size": size, "device": "cpu"}))
     probe = TrainConfig(**(full.to_dict() | {"iters": iters, "log_every": 1,
                                             "betas": tuple(full.betas)}))
     image = chest_square(size)
@@ -81,14 +77,10 @@ def measure(name: str, overrides: dict[str, Any], size: int, iters: int,
     for entry in summary["scales"]:
         times = seconds[entry["scale"]]
         steps = [b - a for a, b in zip(times, times[1:], strict=False)]  # drops the warm-up
-        per_iter = min(steps)
-        official = OFFICIAL_S_PER_ITER.get(entry["height"])
         scales.append({
             "scale": entry["scale"], "size": [entry["height"], entry["width"]],
-            "width": entry["channels"], "s_per_iter": round(per_iter, 4),
+            "width": entry["channels"], "s_per_iter": round(min(steps), 4),
             "median_s_per_iter": round(statistics.median(steps), 4),
-            "official_s_per_iter": official,
-            "ratio_to_official": round(per_iter / official, 3) if official else None,
         })
     total_s = sum(s["s_per_iter"] for s in scales) * full.iters
     return {
@@ -97,7 +89,6 @@ def measure(name: str, overrides: dict[str, Any], size: int, iters: int,
         "iters_per_scale": full.iters,
         "scales": sorted(scales, key=lambda s: -s["scale"]),
         "extrapolated_total_hours": round(total_s / 3600, 2),
-        "ratio_total_to_official": round(total_s / 3600 / OFFICIAL_TOTAL_HOURS, 3),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "benchmark_wall_s": round(wall, 1),
         "threads": torch.get_num_threads(),
@@ -123,7 +114,7 @@ def measure_batched(overrides: dict[str, Any], size: int, iters: int, k: int, ba
     """Train ``k`` models (alone one after the other, or as one batch); wall and peak RSS."""
     if threads:
         torch.set_num_threads(threads)
-    config = TrainConfig(**overrides, max_size=size, iters=iters, device=device)
+    config = TrainConfig(**(overrides | {"max_size": size, "iters": iters, "device": device}))
     images = chest_crops(k, size)
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [Path(tmp) / f"m{i}" for i in range(k)]
@@ -198,9 +189,11 @@ def main() -> None:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             results.append(pool.submit(measure, name, PRESETS[name], args.size, args.iters,
                                        args.threads).result())
+    baseline = results[0]
+    for result in results:
+        result[f"total_ratio_to_{baseline['config']}"] = round(
+            result["extrapolated_total_hours"] / max(baseline["extrapolated_total_hours"], 1e-9), 3)
     json.dump({"machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__},
-               "official": {"s_per_iter": OFFICIAL_S_PER_ITER, "total_hours": OFFICIAL_TOTAL_HOURS,
-                            "peak_rss_gib": OFFICIAL_PEAK_RSS_GIB},
                "results": results}, sys.stdout, indent=2)
     print()
 

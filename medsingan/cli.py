@@ -163,17 +163,18 @@ def train(
     min_size: MinSizeOpt = None,
     max_size: MaxSizeOpt = None,
     scale_factor: Annotated[float | None, typer.Option(
-        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: fast 0.7, "
-        "paper 0.75; then adjusted so the coarsest side is exactly --min-size].",
+        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: fast and "
+        "quick 0.7, paper 0.75; then adjusted so the coarsest side is exactly --min-size].",
         show_default=False)] = None,
     nfc: Annotated[int | None, typer.Option(
         "--nfc", help="Channels at the coarsest scales, doubled every 4 scales [default: 32].",
         show_default=False)] = None,
     max_nfc: Annotated[int | None, typer.Option(
-        "--max-nfc", help="Channel cap [default: fast 64, paper 128].",
+        "--max-nfc", help="Channel cap [default: fast and quick 64, paper 128].",
         show_default=False)] = None,
     norm: Annotated[Norm | None, typer.Option(
-        "--norm", help="Normalisation layer [default: fast instance, paper batch].",
+        "--norm", help="Normalisation layer [default: fast and quick instance, paper "
+        "batch].",
         show_default=False)] = None,
     activation: Annotated[Activation | None, typer.Option(
         "--activation", help="Activation [default: lrelu (slope 0.2)].",
@@ -421,10 +422,10 @@ def augment(
         "--max-size", help="--engine patch: longer side of the scan's finest scale, px "
         "[default: the modality preset's, 250].", show_default=False)] = None,
     pick: Annotated[str | None, typer.Option(
-        "--pick", help="With --start-scale all: best keeps only the samples (files and "
-        "manifest rows) of the start scale with the lowest mean SIFID (mean patch SWD with "
-        "--no-sifid) among those that do not reproduce the scan (mean copy_score at most "
-        "--max-copy, mean SSIM to the scan at most 0.9).",
+        "--pick", help="With --start-scale all or a list (N-1,N): best keeps only the "
+        "samples (files and manifest rows) of the start scale with the lowest mean SIFID "
+        "(mean patch SWD with --no-sifid) among those that do not reproduce the scan (mean "
+        "copy_score at most --max-copy, mean SSIM to the scan at most 0.9).",
         show_default=False)] = None,
 ) -> None:
     """Generate N scored samples of a trained scan (or, with --engine patch, of the scan

@@ -81,7 +81,8 @@ ScoreWeightsOpt = Annotated[Path | None, typer.Option(
 def report_sweep(result: SweepResult) -> None:
     """Print a sweep: each scale's score, the best scale and what was kept."""
     criterion = result.criterion.description
-    typer.echo(f"{result.command} {result.option} all: {len(result.outcomes)} scale(s), "
+    scales = ",".join(str(o.scale) for o in result.outcomes)
+    typer.echo(f"{result.command} {result.option} {scales}: {len(result.outcomes)} scale(s), "
                f"{criterion} (lower is better)")
     for outcome in result.outcomes:
         score = "-" if outcome.score is None else f"{outcome.score:.4g}"

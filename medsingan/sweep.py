@@ -34,6 +34,7 @@ Ties go to the finer scale.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -166,9 +167,19 @@ def mean(values: Sequence[float | None]) -> float | None:
     return float(statistics.fmean(present)) if present else None
 
 
-def check_sweep_folder(out: Path, command: str, overwrite: bool) -> None:
+def check_sweep_folder(out: Path, command: str, overwrite: bool,
+                       folders: Sequence[str] = (), prefix: str = "") -> None:
     """A sweep folder holds one sweep of one command: not a cohort of ``augment`` (its
-    ``augment.json``), not another command's sweep (unless ``overwrite``)."""
+    ``augment.json``), not another command's sweep (unless ``overwrite``), and no scale
+    folder ``<prefix><S>`` other than this sweep's ``folders`` (an earlier sweep of other
+    scales: ``--pick best`` would keep them beside the picked one)."""
+    if prefix and out.is_dir():
+        stale = sorted(p.name for p in out.glob(f"{prefix}*")
+                       if p.is_dir() and p.name not in folders)
+        if stale:
+            raise ConfigError(f"{out} holds {', '.join(stale)} from an earlier sweep of other "
+                              "scales; use another --out, or delete "
+                              f"{'it' if len(stale) == 1 else 'them'} first")
     if (out / SETTINGS_FILE).is_file():
         raise ConfigError(f"{out} holds a cohort of augment ({SETTINGS_FILE}): a sweep writes "
                           "its scales into subfolders of a folder of its own; use another --out")
@@ -228,6 +239,10 @@ def finish(out: Path, manifest: Path, command: str, option: str, criterion: Crit
     sheet = out / SHEET_FILE
     title = (f"{command} {option} {value}: {criterion.description} under each image, lower is "
              f"better; best scale {best.scale}" + (" (kept)" if picked is not None else ""))
+    if any(not o.eligible for o in outcomes) and criterion.excluded:
+        passed = ", ".join(str(o.scale) for o in outcomes if not o.eligible)
+        title += (f"\nnot picked whatever its score: scale {passed}, which "
+                  f"{criterion.excluded}")
     save_contact_sheet(sheet, title, outcomes, best.scale, reference,
                        criterion.excluded_label or "excluded")
     summary = {
@@ -288,15 +303,21 @@ def save_contact_sheet(path: Path, title: str, outcomes: Sequence[ScaleOutcome],
         rows.append((label, outcome.tiles))
     pictures = [[_tile_picture(t.image) for t in tiles] for _, tiles in rows]
     caption_lines = max((len(t.caption) for _, tiles in rows for t in tiles), default=0)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    captions = [text for _, tiles in rows for t in tiles for text in t.caption]
     cell_w = max((p.width for row in pictures for p in row), default=_TILE_HEIGHT)
-    cell_w = max(cell_w, 110)  # room for a caption
+    cell_w = max(cell_w, 110, *(math.ceil(measure.textlength(text, font=font)) + _GAP
+                                for text in captions))  # room for every caption
     cell_h = _TILE_HEIGHT + caption_lines * line + _GAP
     columns = max((len(row) for row in pictures), default=1)
     width = _LABEL_WIDTH + columns * (cell_w + _GAP) + _GAP
-    top = 2 * line
-    sheet = Image.new("L", (max(width, 8 * len(title)), top + len(rows) * cell_h), color=255)
+    title_lines = title.split("\n")
+    title_w = max(math.ceil(measure.textlength(text, font=font)) for text in title_lines)
+    top = (len(title_lines) + 1) * line
+    sheet = Image.new("L", (max(width, title_w + 2 * _GAP), top + len(rows) * cell_h), color=255)
     draw = ImageDraw.Draw(sheet)
-    draw.text((_GAP, _GAP), title, fill=0, font=font)
+    for k, text in enumerate(title_lines):
+        draw.text((_GAP, _GAP + k * line), text, fill=0, font=font)
     for r, ((label, tiles), row) in enumerate(zip(rows, pictures, strict=True)):
         y = top + r * cell_h
         for k, text in enumerate(label):
@@ -329,9 +350,10 @@ def augment_sweep(request: AugmentRequest, pick: str | None = None) -> SweepResu
     first = max(source.coarsest - 1, 0) if source.engine == "patch" else 0
     scales = sweep_scales(request.start_scale, source.coarsest, first, "--start-scale")
     out = Path(request.out or f"{source.default_out}_sweep")
-    check_sweep_folder(out, "augment", request.overwrite)
     requests = {s: replace(request, start_scale=str(s), out=out / f"start_scale_{s}")
                 for s in scales}
+    check_sweep_folder(out, "augment", request.overwrite,
+                       [r.out.name for r in requests.values()], "start_scale_")
     for scale_request in requests.values():  # every scale refused before any is written
         augment(replace(scale_request, dry_run=True))
     mapping = IntensityMapping.from_dict(source.extra["intensity_mapping"])

@@ -638,7 +638,10 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, reals: list[torch.Tenso
     changed = [k for k in new if k not in _RESUME_MUTABLE and old.get(k) != new[k]]
     if changed:
         diffs = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
-        raise RunDirError(f"{run_dir} was trained with other settings ({diffs})")
+        preset = (stored.get("extra") or {}).get("speed_preset")
+        hint = f"; it was trained with --preset {preset}: resume with the same options" \
+            if preset else ""
+        raise RunDirError(f"{run_dir} was trained with other settings ({diffs}){hint}")
     if not (run_dir / WEIGHTS_FILE).is_file():
         return stored, None
     pyramid = load_run(run_dir)

@@ -201,3 +201,9 @@ def test_a_start_scale_list_sweeps_those_scales_only(ct_run, tmp_path, monkeypat
             monkeypatch, capsys, "augment", ct_run, "--n", "1", "--no-sifid", "--start-scale",
             value, "--out", bad, "--manifest", tmp_path / "bad.csv"), fragment)
         assert not bad.exists() and not (tmp_path / "bad.csv").exists()
+    # another list into the same folder would leave scale 2 beside the one --pick best keeps
+    before = manifest.read_bytes()
+    assert_one_line_error_in_process(run_in_process(
+        monkeypatch, capsys, "augment", ct_run, "--n", "2", "--no-sifid", "--start-scale",
+        "1,N", "--pick", "best", "--out", out, "--manifest", manifest), "start_scale_2")
+    assert manifest.read_bytes() == before and not (out / "start_scale_1").exists()

@@ -44,13 +44,31 @@ def test_info_lists_every_scale(tiny_run):
     assert text.returncode == 0 and "noise amp" in text.stdout
 
 
-def test_the_quick_preset_trains_a_real_scan_and_is_recorded(tmp_path):
+def test_the_quick_preset_trains_a_real_scan_and_is_recorded(tmp_path, monkeypatch, capsys):
     """``--preset quick``: fast's networks and pyramid with 500 iterations per scale (README,
     configs/training.yaml); an explicit ``--iters`` still wins."""
-    from medsingan.runs import resolve_train_config
-    from medsingan.train import load_run
+    import dataclasses
 
-    assert resolve_train_config("quick", {}, {}).iters == 500
+    import medsingan.runs
+    from medsingan.train import load_run
+    from tests.cli.in_process import run_in_process
+
+    real_train, given = medsingan.runs.train, {}
+
+    def shortened(image, config, run_dir, **kwargs):  # what the CLI asked for, then 2 iters
+        given[run_dir.name] = config
+        return real_train(image, dataclasses.replace(config, iters=2), run_dir, **kwargs)
+
+    monkeypatch.setattr(medsingan.runs, "train", shortened)
+    for preset in ("quick", "fast", "paper"):
+        code, _, err = run_in_process(monkeypatch, capsys, "train", dicom_file("CT_small.dcm"),
+                                      "--out", tmp_path / "asked" / preset, "--preset", preset,
+                                      "--max-size", "32", "--quiet")
+        assert code == 0, err
+    assert {name: c.iters for name, c in given.items()} == \
+        {"quick": 500, "fast": 2000, "paper": 2000}
+    assert given["quick"].norm == given["fast"].norm == "instance" != given["paper"].norm
+    monkeypatch.undo()
     run_dir = tmp_path / "quick"
     result = run_cli("train", dicom_file("CT_small.dcm"), "--out", run_dir, "--preset", "quick",
                      *TINY)
