@@ -15,6 +15,7 @@ the source's pixel type and the slice's origin, spacing and direction.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,86 @@ def _check_metaimage(path: Path) -> None:
                                 f"{ndims or 'NDims'} sizes of at least 1; the header is corrupt")
 
 
+_COMPONENT_BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
+                    sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkFloat32: 4,
+                    sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat64: 8}
+# deflate (gzip, zlib) cannot expand data more than about 1032:1
+_DEFLATE_RATIO = 1100
+
+
+def _nrrd_fields(path: Path) -> tuple[dict[str, str], int]:
+    """The ``key: value`` fields of an NRRD header (lower-case keys) and the header's length
+    in bytes (to the blank line that ends it)."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    end = head.find(b"\n\n")
+    fields: dict[str, str] = {}
+    for line in head[:end if end >= 0 else len(head)].split(b"\n")[1:]:
+        key, colon, value = line.partition(b":")
+        if colon and not line.startswith(b"#"):
+            fields[key.strip().decode("latin-1").lower()] = value.strip().decode("latin-1")
+    return fields, (end + 2 if end >= 0 else len(head))
+
+
+def _stored_data(path: Path, kind: str) -> tuple[int, str] | None:
+    """(bytes of the file's pixel data, its encoding: raw, deflate or other), or ``None``
+    where it cannot be told (a list of data files, a missing one: the reader says so)."""
+    if kind == "nrrd":
+        fields, header = _nrrd_fields(path)
+        encoding = fields.get("encoding", "raw").lower()
+        detached = fields.get("data file") or fields.get("datafile")
+    else:
+        fields = _metaimage_fields(path)
+        encoding = "gzip" if fields.get("CompressedData", "").lower() == "true" else "raw"
+        detached = fields.get("ElementDataFile")
+        if detached == "LOCAL":
+            detached = None
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+        marker = head.find(b"ElementDataFile")
+        header = head.find(b"\n", marker) + 1 if marker >= 0 else 0
+    if detached:
+        data = path.parent / detached
+        if " " in detached.strip() or not data.is_file():
+            return None
+        size = data.stat().st_size
+    else:
+        size = path.stat().st_size - header
+    kinds = {"raw": "raw", "gzip": "deflate", "gz": "deflate"}
+    return max(size, 0), kinds.get(encoding, "other")
+
+
+def _check_claimed_size(path: Path, kind: str, reader: sitk.ImageFileReader) -> None:
+    """Refuse a header describing more pixels than its file can hold (or than this machine's
+    memory), before the reader allocates them (a 1 kB NRRD can ask for gigabytes)."""
+    voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
+    needed = voxels * _COMPONENT_BYTES.get(reader.GetPixelID(), 1)
+    stored = _stored_data(path, kind)
+    if stored is not None:
+        size, encoding = stored
+        limit = {"raw": size, "deflate": size * _DEFLATE_RATIO}.get(encoding)
+        if limit is not None and needed > limit:
+            raise ScanReadError(
+                f"{path.name}: cannot read {kind.upper()} (the header describes "
+                f"{'x'.join(map(str, reader.GetSize()))} pixels, {_bytes(needed)}, but the file "
+                f"holds {_bytes(size)} of {'compressed' if encoding == 'deflate' else 'raw'} "
+                "pixel data); the file may be truncated or its header corrupt")
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > memory:
+        raise ScanReadError(f"{path.name}: the image needs {_bytes(needed)}, more than this "
+                            f"machine's memory ({_bytes(memory)})")
+
+
+def _bytes(count: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("kB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{int(count)} bytes"
+
+
 def _cannot_read(path: Path, kind: str, exc: Exception, printed: list[str]) -> ScanReadError:
     reason = _itk_reason(exc) + (f"; {printed[0][:120]}" if printed else "")
     return ScanReadError(f"{path.name}: cannot read {kind.upper()} ({reason}); the file may be "
@@ -133,6 +214,7 @@ def _read_image(path: Path, kind: str) -> sitk.Image:
         raise UnsupportedScanError(f"{path.name} is {reader.GetDimension()}D; medsingan reads "
                                    f"2D and 3D {kind.upper()} images (extract a 3D volume "
                                    "first)")
+    _check_claimed_size(path, kind, reader)
     try:
         with process_stderr(printed):
             return reader.Execute()

@@ -215,6 +215,32 @@ def test_images_medsingan_cannot_use_get_one_line(tmp_path, make, suffix):
         assert isinstance(error.value, UnsupportedScanError)
 
 
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_header_claiming_gigabytes_is_refused_before_they_are_allocated(tmp_path, suffix,
+                                                                          compressed):
+    """A small real image whose header is edited to announce 32767 x 32767 x 3 pixels (6 GiB
+    of int16): one line naming the claim, without the reader first allocating it (the
+    process's peak memory grows by far less than the claim)."""
+    import resource
+
+    path = tmp_path / f"huge{suffix}"
+    sitk.WriteImage(sitk.ReadImage(str(ANATOMICAL)), str(path), useCompression=compressed)
+    data = path.read_bytes()
+    key = b"sizes: " if suffix == ".nrrd" else b"DimSize = "
+    start = data.index(key) + len(key)
+    end = data.index(b"\n", start)
+    assert data[start:end].split() == [str(n).encode() for n in NIFTI.shape]
+    path.write_bytes(data[:start] + b"32767 32767 3" + data[end:])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB
+    with pytest.raises(ScanReadError) as error:
+        read_scan(path)
+    grown_gib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20
+    message = str(error.value)
+    assert "\n" not in message and "32767x32767x3" in message and "6.0 GiB" in message
+    assert grown_gib < 1.0
+
+
 def test_a_detached_header_without_its_data_gets_one_line(tmp_path):
     header = tmp_path / "scan.mhd"
     sitk.WriteImage(sitk.ReadImage(str(ANATOMICAL)), str(header))
