@@ -24,7 +24,7 @@ demo: $(STAMP)
 	@if $(BIN)/python -c "from medsingan.metrics.sifid import SifidScorer as S, find_inception_weights as f; S(f())" \
 		2>/dev/null; then sifid=""; else sifid="--no-sifid"; \
 		echo "note: no Inception weights for SIFID here: scoring without SIFID (see README)"; fi; \
-	rm -rf demo_output/samples; \
+	rm -rf demo_output/samples demo_output/chest_samples.csv; \
 	$(BIN)/medsingan augment demo_output/chest_run --n 12 --start-scale N-1,N \
 		--out demo_output/samples --manifest demo_output/chest_samples.csv --overwrite $$sifid
 	@echo "samples from N-1 and N side by side, their scores under them: demo_output/samples/sweep.png"

@@ -78,7 +78,7 @@ def evaluate(name: str, overrides: dict[str, Any], size: int, iters: int | None,
     return result
 
 
-def parse_candidate(text: str, taken: set[str]) -> tuple[str, dict[str, Any]]:
+def parse_candidate(text: str, taken: set[str], size: int) -> tuple[str, dict[str, Any]]:
     """``NAME=PRESET,KEY=VALUE,...`` -> (NAME, the preset's overrides with KEY set to VALUE,
     parsed as TrainConfig's field's type); a one-line SystemExit for anything else."""
     def refuse(why: str) -> NoReturn:
@@ -117,7 +117,7 @@ def parse_candidate(text: str, taken: set[str]) -> tuple[str, dict[str, Any]]:
             kinds = {bool: "true or false", int: "an integer", float: "a number"}
             refuse(f"{key}={value!r}: expected {kinds[type(default)]}")
     try:
-        TrainConfig(**overrides).validate()
+        TrainConfig(**(overrides | {"max_size": size})).validate()
     except (ConfigError, TypeError) as exc:
         refuse(str(exc))
     return name, overrides
@@ -126,7 +126,8 @@ def parse_candidate(text: str, taken: set[str]) -> tuple[str, dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="max side in px")
-    parser.add_argument("--iters", type=int, default=None, help="override iterations per scale")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="iterations per scale of every configuration, --config's too")
     parser.add_argument("--samples", type=int, default=16, help="random samples scored")
     parser.add_argument("--configs", nargs="+", default=None, choices=list(PRESETS),
                         help="presets to train (default: paper fast, none with --config)")
@@ -140,7 +141,7 @@ def main() -> None:
     presets = args.configs if args.configs is not None else [] if args.config else ["paper", "fast"]
     candidates = {name: PRESETS[name] for name in presets}
     for text in args.config:
-        name, overrides = parse_candidate(text, set(candidates))
+        name, overrides = parse_candidate(text, set(candidates), args.size)
         candidates[name] = overrides
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(evaluate, name, overrides, args.size, args.iters, args.samples,

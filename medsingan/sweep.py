@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -168,18 +169,18 @@ def mean(values: Sequence[float | None]) -> float | None:
 
 
 def check_sweep_folder(out: Path, command: str, overwrite: bool,
-                       folders: Sequence[str] = (), prefix: str = "") -> None:
+                       folders: Sequence[str] = (), prefix: str = "") -> list[Path]:
     """A sweep folder holds one sweep of one command: not a cohort of ``augment`` (its
     ``augment.json``), not another command's sweep (unless ``overwrite``), and no scale
     folder ``<prefix><S>`` other than this sweep's ``folders`` (an earlier sweep of other
-    scales: ``--pick best`` would keep them beside the picked one)."""
-    if prefix and out.is_dir():
-        stale = sorted(p.name for p in out.glob(f"{prefix}*")
-                       if p.is_dir() and p.name not in folders)
-        if stale:
-            raise ConfigError(f"{out} holds {', '.join(stale)} from an earlier sweep of other "
-                              "scales; use another --out, or delete "
-                              f"{'it' if len(stale) == 1 else 'them'} first")
+    scales, which ``--pick best`` would keep beside the picked one) unless ``overwrite``:
+    those are returned, for :func:`remove_stale` once the sweep has run."""
+    stale = sorted(p for p in out.glob(f"{prefix}*") if p.is_dir() and p.name not in folders) \
+        if prefix and out.is_dir() else []
+    if stale and not overwrite:
+        raise ConfigError(f"{out} holds {', '.join(p.name for p in stale)} from an earlier "
+                          "sweep of other scales; use another --out, or --overwrite to remove "
+                          f"{'it' if len(stale) == 1 else 'them'} and their manifest rows")
     if (out / SETTINGS_FILE).is_file():
         raise ConfigError(f"{out} holds a cohort of augment ({SETTINGS_FILE}): a sweep writes "
                           "its scales into subfolders of a folder of its own; use another --out")
@@ -192,6 +193,24 @@ def check_sweep_folder(out: Path, command: str, overwrite: bool,
         if not isinstance(previous, dict) or previous.get("command") != command:
             raise ConfigError(f"{summary} is not the summary of a {command} sweep; use another "
                               "--out or --overwrite")
+    return stale
+
+
+def remove_stale(folders: Sequence[Path], manifest: Path) -> None:
+    """Remove earlier sweeps' scale folders: their rows in ``manifest`` first, then the files
+    (a crash in between leaves files without rows, never rows without files)."""
+    if not folders:
+        return
+    inside = [Path(f).resolve() for f in folders]
+    images = [image for image in read_manifest(manifest)["image"]
+              if any(resolve_image(manifest, image).resolve().is_relative_to(f) for f in inside)]
+    if images:
+        remove_rows(manifest, images)
+    try:
+        for folder in folders:
+            shutil.rmtree(folder)
+    except OSError as exc:
+        raise ScanWriteError(f"cannot remove {exc.filename}: {exc.strerror or exc}") from exc
 
 
 def pick_best(outcomes: Sequence[ScaleOutcome],
@@ -239,10 +258,10 @@ def finish(out: Path, manifest: Path, command: str, option: str, criterion: Crit
     sheet = out / SHEET_FILE
     title = (f"{command} {option} {value}: {criterion.description} under each image, lower is "
              f"better; best scale {best.scale}" + (" (kept)" if picked is not None else ""))
-    if any(not o.eligible for o in outcomes) and criterion.excluded:
-        passed = ", ".join(str(o.scale) for o in outcomes if not o.eligible)
-        title += (f"\nnot picked whatever its score: scale {passed}, which "
-                  f"{criterion.excluded}")
+    passed = [str(o.scale) for o in outcomes if not o.eligible]
+    if passed and len(passed) < len(outcomes) and criterion.excluded:
+        title += (f"\nnot picked whatever the score: {'scales' if len(passed) > 1 else 'scale'}"
+                  f" {', '.join(passed)}, where the sweep {criterion.excluded}")
     save_contact_sheet(sheet, title, outcomes, best.scale, reference,
                        criterion.excluded_label or "excluded")
     summary = {
@@ -352,13 +371,14 @@ def augment_sweep(request: AugmentRequest, pick: str | None = None) -> SweepResu
     out = Path(request.out or f"{source.default_out}_sweep")
     requests = {s: replace(request, start_scale=str(s), out=out / f"start_scale_{s}")
                 for s in scales}
-    check_sweep_folder(out, "augment", request.overwrite,
-                       [r.out.name for r in requests.values()], "start_scale_")
+    stale = check_sweep_folder(out, "augment", request.overwrite,
+                               [r.out.name for r in requests.values()], "start_scale_")
     for scale_request in requests.values():  # every scale refused before any is written
         augment(replace(scale_request, dry_run=True))
     mapping = IntensityMapping.from_dict(source.extra["intensity_mapping"])
     results = {s: augment(r) for s, r in requests.items()}
     manifest = results[scales[0]].manifest
+    remove_stale(stale, manifest)
     frame = read_manifest(manifest)
     by_sifid = all(r.summary.get("sifid_mean") is not None for r in results.values())
     variant = results[scales[0]].summary["sifid_variant"]

@@ -207,3 +207,12 @@ def test_a_start_scale_list_sweeps_those_scales_only(ct_run, tmp_path, monkeypat
         monkeypatch, capsys, "augment", ct_run, "--n", "2", "--no-sifid", "--start-scale",
         "1,N", "--pick", "best", "--out", out, "--manifest", manifest), "start_scale_2")
     assert manifest.read_bytes() == before and not (out / "start_scale_1").exists()
+    # --overwrite removes that scale's folder and rows
+    code, _, err = run_in_process(
+        monkeypatch, capsys, "augment", ct_run, "--n", "2", "--no-sifid", "--start-scale",
+        "1,N", "--out", out, "--manifest", manifest, "--overwrite", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["start_scale_1", "start_scale_3", "summary.json", "sweep.png"]
+    frame = read_manifest(manifest)
+    assert sorted(frame["start_scale"]) == [1, 1, 3, 3] and check_manifest(manifest) == []

@@ -71,16 +71,17 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
 
 
 def _metaimage_fields(path: Path) -> dict[str, str]:
-    """The ``key = value`` lines of a MetaImage header, up to ElementDataFile."""
+    """The ``key = value`` (or ``key : value``) lines of a MetaImage header's first 64 kB, up
+    to ElementDataFile."""
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
     fields: dict[str, str] = {}
     for line in head.split(b"\n"):
-        key, equals, value = line.partition(b"=")
-        if not equals:
+        cut = min((i for i in (line.find(b"="), line.find(b":")) if i >= 0), default=-1)
+        if cut < 0:
             continue
-        name = key.strip().decode("latin-1")
-        fields[name] = value.strip().decode("latin-1")
+        name = line[:cut].strip().decode("latin-1")
+        fields[name] = line[cut + 1:].strip().decode("latin-1")
         if name == "ElementDataFile":
             break
     return fields
@@ -119,13 +120,17 @@ def _nrrd_fields(path: Path) -> tuple[dict[str, str], int]:
     in bytes (to the blank line that ends it)."""
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
-    end = head.find(b"\n\n")
+    ends = [(i, len(mark)) for mark in (b"\n\n", b"\r\n\r\n", b"\r\r")
+            if (i := head.find(mark)) >= 0]
+    if not ends:
+        return {}, -1
+    end, mark = min(ends)
     fields: dict[str, str] = {}
-    for line in head[:end if end >= 0 else len(head)].split(b"\n")[1:]:
+    for line in head[:end].replace(b"\r", b"\n").split(b"\n")[1:]:
         key, colon, value = line.partition(b":")
         if colon and not line.startswith(b"#"):
             fields[key.strip().decode("latin-1").lower()] = value.strip().decode("latin-1")
-    return fields, (end + 2 if end >= 0 else len(head))
+    return fields, end + mark
 
 
 def _stored_data(path: Path, kind: str) -> tuple[int, str] | None:
@@ -133,14 +138,23 @@ def _stored_data(path: Path, kind: str) -> tuple[int, str] | None:
     where it cannot be told (a list of data files, a missing one: the reader says so)."""
     if kind == "nrrd":
         fields, header = _nrrd_fields(path)
+        if header < 0:  # no end of the header in its first 64 kB
+            return None
         encoding = fields.get("encoding", "raw").lower()
         detached = fields.get("data file") or fields.get("datafile")
     else:
         fields = _metaimage_fields(path)
-        encoding = "gzip" if fields.get("CompressedData", "").lower() == "true" else "raw"
         detached = fields.get("ElementDataFile")
-        if detached == "LOCAL":
-            detached = None
+        if detached is None:  # not within the first 64 kB
+            return None
+        if fields.get("BinaryData", "true").lower() in ("false", "f", "0"):
+            encoding = "ascii"
+        elif fields.get("CompressedData", "").lower() in ("true", "t", "1"):
+            encoding = "gzip"
+        else:
+            encoding = "raw"
+        if detached.upper() == "LOCAL":
+            detached = ""
         with open(path, "rb") as handle:
             head = handle.read(1 << 16)
         marker = head.find(b"ElementDataFile")

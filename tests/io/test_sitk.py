@@ -241,6 +241,36 @@ def test_a_header_claiming_gigabytes_is_refused_before_they_are_allocated(tmp_pa
     assert grown_gib < 1.0
 
 
+def test_headers_written_otherwise_still_read_as_simpleitk_reads_them(tmp_path):
+    """The size check reads the header itself: CRLF line ends in an NRRD, ``Key : Value``
+    and ``CompressedData = T`` in a MetaImage, and an ASCII MetaImage of floats (text
+    shorter than the float32 pixels) are valid, and read as SimpleITK reads them."""
+    image = sitk.Cast(sitk.ReadImage(str(ANATOMICAL))[:, :, 10:13], sitk.sitkFloat32)
+    cases = []
+    nrrd = tmp_path / "crlf.nrrd"
+    sitk.WriteImage(image, str(nrrd), useCompression=True)
+    data = nrrd.read_bytes()
+    end = data.index(b"\n\n")
+    nrrd.write_bytes(data[:end].replace(b"\n", b"\r\n") + b"\r\n\r\n" + data[end + 2:])
+    cases.append(nrrd)
+    mha = tmp_path / "t.mha"
+    sitk.WriteImage(image, str(mha), useCompression=True)
+    data = mha.read_bytes()
+    mha.write_bytes(data.replace(b"CompressedData = True", b"CompressedData : T", 1))
+    cases.append(mha)
+    text = tmp_path / "ascii.mha"
+    voxels = sitk.GetArrayFromImage(image).ravel()
+    text.write_text("NDims = 3\nDimSize = " + " ".join(map(str, image.GetSize())) +
+                    "\nElementType = MET_FLOAT\nBinaryData = False\nElementDataFile = LOCAL\n"
+                    + " ".join("0" if v == 0 else "1" for v in voxels) + "\n")
+    cases.append(text)
+    original = read_scan(ANATOMICAL, slice_index=11).image.astype(np.float32)  # nibabel's
+    for path in cases:
+        expected = (original != 0).astype(np.float32) if path == text else original
+        np.testing.assert_array_equal(read_scan(path, slice_index=1).image, expected,
+                                      err_msg=path.name)
+
+
 def test_a_detached_header_without_its_data_gets_one_line(tmp_path):
     header = tmp_path / "scan.mhd"
     sitk.WriteImage(sitk.ReadImage(str(ANATOMICAL)), str(header))
