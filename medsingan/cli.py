@@ -163,18 +163,18 @@ def train(
     min_size: MinSizeOpt = None,
     max_size: MaxSizeOpt = None,
     scale_factor: Annotated[float | None, typer.Option(
-        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: fast and "
-        "quick 0.7, paper 0.75; then adjusted so the coarsest side is exactly --min-size].",
+        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: fast, quick "
+        "and balanced 0.7, paper 0.75; then adjusted so the coarsest side is exactly --min-size].",
         show_default=False)] = None,
     nfc: Annotated[int | None, typer.Option(
         "--nfc", help="Channels at the coarsest scales, doubled every 4 scales [default: 32].",
         show_default=False)] = None,
     max_nfc: Annotated[int | None, typer.Option(
-        "--max-nfc", help="Channel cap [default: fast and quick 64, paper 128].",
+        "--max-nfc", help="Channel cap [default: fast, quick and balanced 64, paper 128].",
         show_default=False)] = None,
     norm: Annotated[Norm | None, typer.Option(
-        "--norm", help="Normalisation layer [default: fast and quick instance, paper "
-        "batch].",
+        "--norm", help="Normalisation layer [default: fast, quick and balanced instance, "
+        "paper batch].",
         show_default=False)] = None,
     activation: Annotated[Activation | None, typer.Option(
         "--activation", help="Activation [default: lrelu (slope 0.2)].",
@@ -184,7 +184,8 @@ def train(
         "[default: zero].", show_default=False)] = None,
     gp_every: Annotated[int | None, typer.Option(
         "--gp-every", help="Gradient penalty on every k-th critic step (lazy, scaled by k) "
-        "[default: preset's; paper 1].", show_default=False)] = None,
+        "[default: preset's; fast and quick 4, balanced and paper 1].",
+        show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
         "--alpha", help="Reconstruction loss weight [default: 10].", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(

@@ -24,16 +24,19 @@ KeepIdsOpt = Annotated[bool, typer.Option(
 class SpeedPreset(str, Enum):
     fast = "fast"
     quick = "quick"
+    balanced = "balanced"
     paper = "paper"
 
 
 PresetOpt = Annotated[SpeedPreset, typer.Option(
     "--preset", help="Hyper-parameter preset: fast (measured default), quick (fast with 500 "
-    "iterations per scale: a quarter of the time) or paper (the paper's settings exactly, "
-    "ignoring the modality preset's training section).")]
+    "iterations per scale: a quarter of the time), balanced (fast with the gradient penalty "
+    "on every step and 1000 iterations: closer to paper's quality, README 'Speed and "
+    "memory') or paper (the paper's settings exactly, ignoring the modality preset's "
+    "training section).")]
 ItersOpt = Annotated[int | None, typer.Option(
-    "--iters", help="Iterations per scale [default: preset's; fast and paper 2000, quick "
-    "500].",
+    "--iters", help="Iterations per scale [default: preset's; fast and paper 2000, balanced "
+    "1000, quick 500].",
     show_default=False)]
 MinSizeOpt = Annotated[int | None, typer.Option(
     "--min-size", help="Shorter side of the coarsest scale, px [default: 25].",

@@ -45,8 +45,9 @@ def test_info_lists_every_scale(tiny_run):
 
 
 def test_the_quick_preset_trains_a_real_scan_and_is_recorded(tmp_path, monkeypatch, capsys):
-    """``--preset quick``: fast's networks and pyramid with 500 iterations per scale (README,
-    configs/training.yaml); an explicit ``--iters`` still wins."""
+    """``--preset quick``: fast's networks and pyramid with 500 iterations per scale, and
+    ``balanced``'s 1000 with the penalty on every step (README, configs/training.yaml); an
+    explicit ``--iters`` still wins."""
     import dataclasses
 
     import medsingan.runs
@@ -60,14 +61,17 @@ def test_the_quick_preset_trains_a_real_scan_and_is_recorded(tmp_path, monkeypat
         return real_train(image, dataclasses.replace(config, iters=2), run_dir, **kwargs)
 
     monkeypatch.setattr(medsingan.runs, "train", shortened)
-    for preset in ("quick", "fast", "paper"):
+    for preset in ("quick", "fast", "balanced", "paper"):
         code, _, err = run_in_process(monkeypatch, capsys, "train", dicom_file("CT_small.dcm"),
                                       "--out", tmp_path / "asked" / preset, "--preset", preset,
                                       "--max-size", "32", "--quiet")
         assert code == 0, err
     assert {name: c.iters for name, c in given.items()} == \
-        {"quick": 500, "fast": 2000, "paper": 2000}
-    assert given["quick"].norm == given["fast"].norm == "instance" != given["paper"].norm
+        {"quick": 500, "fast": 2000, "balanced": 1000, "paper": 2000}
+    assert given["quick"].norm == given["fast"].norm == given["balanced"].norm == "instance" \
+        != given["paper"].norm
+    assert {name: c.gp_every for name, c in given.items()} == \
+        {"quick": 4, "fast": 4, "balanced": 1, "paper": 1}
     monkeypatch.undo()
     run_dir = tmp_path / "quick"
     result = run_cli("train", dicom_file("CT_small.dcm"), "--out", run_dir, "--preset", "quick",
