@@ -70,21 +70,23 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
     return affine
 
 
-def _metaimage_fields(path: Path) -> dict[str, str]:
+def _metaimage_fields(path: Path) -> tuple[dict[str, str], int]:
     """The ``key = value`` (or ``key : value``) lines of a MetaImage header's first 64 kB, up
-    to ElementDataFile."""
+    to ElementDataFile, and the header's length in bytes (-1 without ElementDataFile)."""
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
     fields: dict[str, str] = {}
+    offset = 0
     for line in head.split(b"\n"):
+        offset += len(line) + 1
         cut = min((i for i in (line.find(b"="), line.find(b":")) if i >= 0), default=-1)
         if cut < 0:
             continue
         name = line[:cut].strip().decode("latin-1")
         fields[name] = line[cut + 1:].strip().decode("latin-1")
         if name == "ElementDataFile":
-            break
-    return fields
+            return fields, offset
+    return fields, -1
 
 
 def _whole(text: str) -> bool:
@@ -95,7 +97,7 @@ def _whole(text: str) -> bool:
 def _check_metaimage(path: Path) -> None:
     """Refuse the NDims/DimSize values that crash MetaIO (a negative NDims kills the process)
     or that no image can have."""
-    fields = _metaimage_fields(path)
+    fields, _ = _metaimage_fields(path)
     ndims, sizes = fields.get("NDims"), fields.get("DimSize")
     if ndims is not None and not (_whole(ndims) and 1 <= int(ndims) <= 16):
         raise ScanReadError(f"{path.name}: NDims is '{single_line(ndims)[:20]}', not a number of "
@@ -143,7 +145,7 @@ def _stored_data(path: Path, kind: str) -> tuple[int, str] | None:
         encoding = fields.get("encoding", "raw").lower()
         detached = fields.get("data file") or fields.get("datafile")
     else:
-        fields = _metaimage_fields(path)
+        fields, header = _metaimage_fields(path)
         detached = fields.get("ElementDataFile")
         if detached is None:  # not within the first 64 kB
             return None
@@ -155,10 +157,6 @@ def _stored_data(path: Path, kind: str) -> tuple[int, str] | None:
             encoding = "raw"
         if detached.upper() == "LOCAL":
             detached = ""
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16)
-        marker = head.find(b"ElementDataFile")
-        header = head.find(b"\n", marker) + 1 if marker >= 0 else 0
     if detached:
         data = path.parent / detached
         if " " in detached.strip() or not data.is_file():

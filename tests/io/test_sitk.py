@@ -241,10 +241,11 @@ def test_a_header_claiming_gigabytes_is_refused_before_they_are_allocated(tmp_pa
     assert grown_gib < 1.0
 
 
-def test_headers_written_otherwise_still_read_as_simpleitk_reads_them(tmp_path):
+def test_headers_written_otherwise_still_read_as_their_source(tmp_path):
     """The size check reads the header itself: CRLF line ends in an NRRD, ``Key : Value``
     and ``CompressedData = T`` in a MetaImage, and an ASCII MetaImage of floats (text
-    shorter than the float32 pixels) are valid, and read as SimpleITK reads them."""
+    shorter than the float32 pixels) are valid (SimpleITK reads them), and their slice reads
+    as the source NIfTI's slice (nibabel)."""
     image = sitk.Cast(sitk.ReadImage(str(ANATOMICAL))[:, :, 10:13], sitk.sitkFloat32)
     cases = []
     nrrd = tmp_path / "crlf.nrrd"
