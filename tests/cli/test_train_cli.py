@@ -72,6 +72,8 @@ def test_the_quick_preset_trains_a_real_scan_and_is_recorded(tmp_path, monkeypat
         != given["paper"].norm
     assert {name: c.gp_every for name, c in given.items()} == \
         {"quick": 4, "fast": 4, "balanced": 1, "paper": 1}
+    assert {name: (c.max_nfc, c.scale_factor) for name, c in given.items()} == \
+        {"quick": (64, 0.7), "fast": (64, 0.7), "balanced": (64, 0.7), "paper": (128, 0.75)}
     monkeypatch.undo()
     run_dir = tmp_path / "quick"
     result = run_cli("train", dicom_file("CT_small.dcm"), "--out", run_dir, "--preset", "quick",
