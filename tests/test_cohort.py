@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from medsingan.manifest import check_manifest, read_manifest, resolve_image
-from tests.cli.test_inspect import assert_one_line_error, run_cli
+from tests.cli.test_inspect import assert_one_line_error, run_cli, run_console
 from tests.conftest import dicom_file
 
 TINY = ("--max-size", "32", "--iters", "4", "--quiet")
@@ -173,12 +173,13 @@ def test_a_cohort_survives_a_killed_worker_gives_one_valid_manifest_and_reruns_s
     assert len(list(runs.iterdir())) == 2  # the test scan got no model
     reruns = 2 if where[0] == "--workers" else 1  # re-running is the same code on Dask
     if reruns == 2:
-        again = run_cli("cohort", "train", split_manifest, "--runs", runs, *TINY, *where)
+        again = run_console("cohort", "train", split_manifest, "--runs", runs, *TINY, *where)
         assert again.returncode == 0 and "2 skipped" in again.stdout, again.stderr
     merged = tmp_path / "cohort.csv"
     for _ in range(reruns):  # the second time completes nothing and duplicates nothing
-        augmented = run_cli("cohort", "augment", split_manifest, "--runs", runs,
-                            "--per-scan", "3", "-o", merged, "--no-sifid", "--quiet", *where)
+        augmented = run_console("cohort", "augment", split_manifest, "--runs", runs,
+                                "--per-scan", "3", "-o", merged, "--no-sifid", "--quiet",
+                                *where)
         assert augmented.returncode == 0, augmented.stderr
         assert_cohort_manifest(merged, split_manifest, 3)
     assert (tmp_path / "cohort_summary.png").is_file()

@@ -583,21 +583,21 @@ def test_the_console_command_survives_a_file_that_killed_it(work, sitk_bases):
     """As a process of its own, the way a user runs it: a negative NDims made SimpleITK
     segfault (the command died with no message)."""
     from tests.cli.test_inspect import assert_one_line_error as assert_exit_2_one_line
-    from tests.cli.test_inspect import run_cli
+    from tests.cli.test_inspect import run_console
 
     path = work / "ndims.mha"
     path.write_bytes(build_sitk(sitk_bases, ".mha", (("NDims", "-1"),), None))
-    assert_exit_2_one_line(run_cli("inspect", path), "NDims is '-1'")
+    assert_exit_2_one_line(run_console("inspect", path), "NDims is '-1'")
 
 
 def test_a_rust_decoder_panic_stays_off_the_console(work):
     """pylibjpeg-rle panics on a 1 x 1 RLE image; pyo3 prints the panic (and, with
     RUST_BACKTRACE, a backtrace) on file descriptor 2 before Python sees the exception."""
     from tests.cli.test_inspect import assert_one_line_error as assert_exit_2_one_line
-    from tests.cli.test_inspect import run_cli
+    from tests.cli.test_inspect import run_console
 
     path = work / "rle_1x1.dcm"
     path.write_bytes(build_dicom("MR_small_RLE.dcm", (("Rows", 1), ("Columns", 1)),
                                  _NO_PIXEL_EDIT, None))
-    assert_exit_2_one_line(run_cli("inspect", path, env={"RUST_BACKTRACE": "1"}),
+    assert_exit_2_one_line(run_console("inspect", path, env={"RUST_BACKTRACE": "1"}),
                            "cannot decode pixel data")

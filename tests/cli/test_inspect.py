@@ -12,12 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli.in_process import run_command
 from tests.conftest import dicom_file, nifti_file
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed console entry point as a user would."""
+    """``medsingan ARGS`` in the test's process, with what a console would show (see
+    :func:`tests.cli.in_process.run_command`)."""
+    return run_command(*args, cwd=cwd, env=env)
+
+
+def run_console(*args: str | Path, cwd: Path | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console entry point in a new interpreter, as a user would."""
     command = [sys.executable, "-c", "from medsingan.cli import main; main()", *map(str, args)]
     env = {**os.environ, "PYTHONWARNINGS": "default", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, check=False)
@@ -35,8 +43,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 
 def test_inspect_cr_chest_writes_an_upright_preview_with_bone_bright(tmp_path):
     preview = tmp_path / "chest.png"
-    result = run_cli("inspect", dicom_file("RG1_UNCR.dcm"), "--preview", preview)
+    result = run_console("inspect", dicom_file("RG1_UNCR.dcm"), "--preview", preview)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # nothing on the console but the report: no warnings
     assert "MONOCHROME1" in result.stdout and "preset      xray" in result.stdout
     with Image.open(preview) as image:
         assert image.mode == "L"
@@ -125,6 +134,20 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, make, args, fragm
     out.mkdir()
     preview = out / "preview.png"
     result = run_cli("inspect", source, *args, "--preview", preview)
+    assert_one_line_error(result, *fragments)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(("make", "fragments"), [
+    (_truncated, ["truncated or corrupt"]),
+    (lambda d: dicom_file("JPEG-LL.dcm"), ["no decoder is installed"]),
+])
+def test_bad_input_on_a_real_console_is_one_line(tmp_path, make, fragments):
+    """The same contract in a new interpreter: nothing printed at start-up or by native code
+    beside the one line (the tests above run the command in their own process)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_console("inspect", make(tmp_path), "--preview", out / "preview.png")
     assert_one_line_error(result, *fragments)
     assert list(out.iterdir()) == []
 
