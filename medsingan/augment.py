@@ -452,12 +452,13 @@ def augment(request: AugmentRequest) -> AugmentResult:
     if not 0.0 <= request.max_copy <= 1.0:
         raise ConfigError(f"--max-copy must be a fraction in [0, 1], got {request.max_copy}")
     device = resolve_device(request.device)
-    # fail fast, before any work: weights for SIFID, the run or scan, the output format
+    # fail fast, before any work: the run or scan (a missing run is named before missing
+    # SIFID weights), weights for SIFID, the output format
+    source = open_source(request)
     weights = (find_inception_weights(request.inception_weights, request.sifid_variant)
                if request.sifid else None)
     scorer = (SifidScorer(weights, variant=request.sifid_variant, device=device)
               if weights is not None else None)
-    source = open_source(request)
     extra = source.extra
     start = parse_scale(request.start_scale, source.coarsest)
     shapes = source.output_shapes(*_output_scale(request, source.shapes[0]))

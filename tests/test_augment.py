@@ -266,6 +266,13 @@ def test_cli_errors_are_one_line(ct_run, tmp_path, monkeypatch):
                      env={"TORCH_HOME": str(empty_hub), "MEDSINGAN_INCEPTION_WEIGHTS": ""})
     assert_one_line_error(result, "--no-sifid", "--inception-weights")
     assert not out.exists()
+    # a run that does not exist is named first, not the (also missing) SIFID weights
+    missing = tmp_path / "no_such_run"
+    result = run_cli("augment", missing, "--out", out, "--manifest", tmp_path / "m.csv",
+                     env={"TORCH_HOME": str(empty_hub), "MEDSINGAN_INCEPTION_WEIGHTS": ""})
+    assert_one_line_error(result, "no_such_run")
+    assert "inception" not in result.stderr.lower()
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
