@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from medsingan.errors import ScanReadError
 from medsingan.io import read_scan
 from medsingan.metrics.diversity import diversity, similarity_to_source
 from medsingan.metrics.patch_swd import PatchSWDScorer
@@ -28,8 +29,12 @@ def score_files(real: Path, fakes: list[Path], *, modality: str = "auto",
     similarity_to_source, patch_swd}], "diversity", "sifid_variant"}``; diversity needs two
     or more fakes of one size.
     """
-    weights = find_inception_weights(inception_weights, sifid_variant) if sifid else None
+    # the files first (a missing scan is named before missing SIFID weights), then the weights
     real_scan = read_scan(real)
+    for path in fakes:
+        if not Path(path).exists():
+            raise ScanReadError(f"{path}: no such file")
+    weights = find_inception_weights(inception_weights, sifid_variant) if sifid else None
     preset = resolve_preset(modality, real_scan.meta.modality)
     mapping, real_unit = prepare_scan(real_scan, preset, window=window)
     full_size = torch.from_numpy(real_unit)[None, None]

@@ -273,6 +273,13 @@ def test_cli_errors_are_one_line(ct_run, tmp_path, monkeypatch):
     assert_one_line_error(result, "no_such_run")
     assert "inception" not in result.stderr.lower()
     assert not out.exists()
+    # and score names a missing scan (the real one or a generated one) before the weights
+    for files in ([tmp_path / "no_such.dcm", dicom_file("CT_small.dcm")],
+                  [dicom_file("CT_small.dcm"), tmp_path / "no_such.dcm"]):
+        result = run_cli("score", *files, env={"TORCH_HOME": str(empty_hub),
+                                               "MEDSINGAN_INCEPTION_WEIGHTS": ""})
+        assert_one_line_error(result, "no_such.dcm", "no such file")
+        assert "inception" not in result.stderr.lower()
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
