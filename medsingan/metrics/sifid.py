@@ -207,6 +207,9 @@ class _FidBlock0(nn.Module):
         super().__init__()
         # pytorch-fid's loader unpickles without weights_only: vet the file as tensors first
         _read_tensors(weights, "fid64")
+        # torch.hub.set_dir(get_dir()) would pin the hub to today's TORCH_HOME for the rest of
+        # the process: restore the unset state itself where torch keeps one
+        pinned = getattr(torch.hub, "_hub_dir", None)
         previous = torch.hub.get_dir()
         with tempfile.TemporaryDirectory() as hub:
             checkpoints = Path(hub) / "checkpoints"
@@ -222,7 +225,10 @@ class _FidBlock0(nn.Module):
                     f"({_first_line(exc)}); for torchvision's {PAPER_WEIGHTS_NAME} use "
                     f"--sifid-variant paper") from exc
             finally:
-                torch.hub.set_dir(previous)
+                if hasattr(torch.hub, "_hub_dir"):
+                    torch.hub._hub_dir = pinned
+                else:
+                    torch.hub.set_dir(previous)
 
     def forward(self, unit: torch.Tensor) -> torch.Tensor:
         return self.inception(unit)[0]

@@ -141,6 +141,16 @@ def test_fid64_features_are_64_channels_after_the_first_max_pool(fid_inception_w
     assert scorer.variant == "fid64" and "block 0" in scorer.description
 
 
+def test_building_a_fid64_scorer_leaves_torch_hub_following_torch_home(
+        fid_inception_weights, tmp_path, monkeypatch):
+    # the scorer points torch's hub at a temporary folder while pytorch-fid loads; afterwards
+    # the hub must follow TORCH_HOME again, not stay pinned to the value it had then
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "before"))
+    SifidScorer(fid_inception_weights, variant="fid64")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "after"))
+    assert torch.hub.get_dir() == str(tmp_path / "after" / "hub")
+
+
 @pytest.mark.parametrize("scans", [("ct", "mr"), ("mr", "ct"), ("cr", "ct")])
 def test_paper_sifid_equals_the_official_procedure_on_real_scans(
         scans, inception_weights, ct_unit, mr_unit, cr_unit):
