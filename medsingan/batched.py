@@ -263,6 +263,9 @@ def _check_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
     keys = []
     for image, config in zip(images, configs, strict=True):
         config.validate()
+        if config.concurrent > 1:
+            raise ConfigError("batched training trains one scale at a time (concurrent 1): "
+                              "train concurrent scales one model at a time")
         if config.loss != DEFAULT_LOSS:
             raise ConfigError(f"batched training trains the {DEFAULT_LOSS} critic only "
                               f"(--loss {config.loss} trains one model at a time)")

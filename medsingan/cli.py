@@ -188,6 +188,11 @@ def train(
         show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
         "--alpha", help="Reconstruction loss weight [default: 10].", show_default=False)] = None,
+    concurrent: Annotated[int | None, typer.Option(
+        "--concurrent", help="Scales trained together (ConSinGAN): the K-1 coarser scales "
+        "above the one in training train on through its losses, each at a tenth of the "
+        "learning rate of the scale below; needs --norm instance or none [default: 1, one "
+        "scale at a time].", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
         "--lr", help="Adam learning rate of the generator and (wgan-gp) critic [default: 5e-4].",
         show_default=False)] = None,
@@ -254,7 +259,7 @@ def train(
         "activation": _value(activation), "padding": _value(padding), "gp_every": gp_every,
         "alpha": alpha, "lr_g": lr, "lr_d": lr, "seed": seed, "device": device,
         "loss": _value(loss), "patch_size": patch_size, "patch_stride": patch_stride,
-        "patches": patches,
+        "patches": patches, "concurrent": concurrent,
     }
     run_dir, _ = train_scan(scan, out, modality=modality.value, window=window, frame=frame,
                             slice_index=slice_index, slice_axis=slice_axis, volume=volume,

@@ -152,6 +152,13 @@ class TrainConfig:
         patches: patches drawn per generator step (all of the grid's when it has fewer): the
             generated ones, and for ``nn-patch`` as many real ones, a new random subset each
             step, whose nearest neighbours are exact.
+        concurrent: scales trained together (ConSinGAN, Hinz et al. 2021): while a scale
+            trains, the ``concurrent - 1`` coarser scales above it train on through its
+            losses (its random samples and its reconstruction pass through them), each with
+            ``concurrent_lr_scale`` times the learning rate of the scale below it. 1 = one
+            scale at a time, as the paper. Needs instance or no norm (a frozen batch norm
+            would change its meaning).
+        concurrent_lr_scale: see ``concurrent``.
     """
 
     iters: int = 2000
@@ -185,11 +192,13 @@ class TrainConfig:
     patch_size: int = 7
     patch_stride: int = 1
     patches: int = 2048
+    concurrent: int = 1
+    concurrent_lr_scale: float = 0.1
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` (one line) for any unusable value; return ``self``."""
         for name in ("iters", "d_steps", "g_steps", "gp_every", "nfc", "max_nfc", "log_every",
-                     "patch_size", "patch_stride"):
+                     "patch_size", "patch_stride", "concurrent"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr_g", "lr_d", "coarsest_noise_amp", "noise_amp_factor"):
@@ -202,6 +211,12 @@ class TrainConfig:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
         if not 0 < self.lr_drop_at <= 1 or not 0 < self.lr_drop_factor <= 1:
             raise ConfigError("lr_drop_at and lr_drop_factor must lie in (0, 1]")
+        if not 0 < self.concurrent_lr_scale <= 1:
+            raise ConfigError(f"concurrent_lr_scale must lie in (0, 1], "
+                              f"got {self.concurrent_lr_scale}")
+        if self.concurrent > 1 and self.norm == "batch":
+            raise ConfigError("concurrent training (concurrent > 1) needs --norm instance or "
+                              "none: a coarser scale's frozen batch norm cannot train on")
         if self.max_nfc < self.nfc:
             raise ConfigError(f"max_nfc ({self.max_nfc}) must not be smaller than nfc ({self.nfc})")
         if self.num_layers < 2 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -302,6 +317,53 @@ def _random_previous(job: _ScaleJob) -> torch.Tensor:
     return resize(coarse, pyramid.shapes[scale])
 
 
+class _JointPath:
+    """ConSinGAN's concurrent stages: the coarser scales ``joint`` (up to ``top``) between the
+    frozen ones and the scale in training, run with gradients so that they train on through
+    its losses. The frozen scales above ``top`` are run once per random path (and once for the
+    reconstruction), without gradients; the joint ones again for every generator step, since
+    each step changes their weights."""
+
+    def __init__(self, job: _ScaleJob, top: int) -> None:
+        self.job, self.top = job, top
+        pyramid = job.pyramid
+        # the frozen reconstruction entering ``top`` (None: ``top`` is the coarsest scale)
+        self.rec_frozen = None if top == pyramid.coarsest else pyramid.reconstruct(top + 1)
+
+    def _through_joint(self, noises: list[torch.Tensor], frozen: torch.Tensor | None
+                       ) -> torch.Tensor:
+        pyramid, scale = self.job.pyramid, self.job.scale
+        out = pyramid.forward_scales(self.top, scale + 1, noises, previous=frozen)
+        return resize(out, pyramid.shapes[scale])
+
+    def reconstruction(self) -> torch.Tensor:
+        """The up-sampled reconstruction entering the scale, through the joint scales."""
+        pyramid = self.job.pyramid
+        noises = [pyramid.reconstruction_noise(s) for s in range(self.top, self.job.scale, -1)]
+        return self._through_joint(noises, self.rec_frozen)
+
+    def random(self) -> Callable[[], torch.Tensor]:
+        """A fresh random path, its noise drawn as :func:`_random_previous` draws it; returns
+        the function computing its up-sampled output through the joint scales."""
+        job, pyramid = self.job, self.job.pyramid
+        channels = pyramid.z_star.shape[1]
+        noises = [draw_noise((1, channels, *pyramid.shapes[s]), job.rng, pyramid.device)
+                  for s in range(pyramid.coarsest, job.scale, -1)]
+        frozen_count = pyramid.coarsest - self.top
+        frozen = None
+        if frozen_count:
+            with torch.no_grad():
+                frozen = pyramid.forward_scales(pyramid.coarsest, self.top + 1,
+                                                noises[:frozen_count])
+        return lambda: self._through_joint(noises[frozen_count:], frozen)
+
+
+def _joint_scales(job: _ScaleJob, config: TrainConfig) -> list[int]:
+    """The coarser scales that train on with ``job.scale`` (``config.concurrent - 1`` of them,
+    fewer near the coarsest), finest first."""
+    return list(range(job.scale + 1, min(job.scale + config.concurrent, job.pyramid.coarsest + 1)))
+
+
 class _CriticObjective:
     """WGAN-GP, the paper's: ``d_steps`` critic updates per iteration on one fake, then the
     generator's adversarial term ``-mean D(fake)``."""
@@ -376,37 +438,61 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
     objective: _CriticObjective | _PatchObjective = (
         _PatchObjective(real, config, job.rng) if job.critic is None
         else _CriticObjective(job.critic, real, config, job.rng, autocast))
-    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
+    joint = _joint_scales(job, config)
+    path = _JointPath(job, joint[-1]) if joint else None
+    # the joint scales: the learning rate shrinks by concurrent_lr_scale per scale up
+    opt_g = torch.optim.Adam(
+        [{"params": gen.parameters(), "lr": config.lr_g},
+         *({"params": job.pyramid.generators[s].train().requires_grad_(True).parameters(),
+            "lr": config.lr_g * config.concurrent_lr_scale ** (s - job.scale)} for s in joint)],
+        betas=config.betas)
     drop_at = math.ceil(config.lr_drop_at * config.iters)
-    rec_input = job.noise_amp * job.pyramid.reconstruction_noise(job.scale) + job.rec_previous
+    rec_noise = job.noise_amp * job.pyramid.reconstruction_noise(job.scale)
+    rec_previous = job.rec_previous
     rows: list[dict[str, float]] = []
     start = time.perf_counter()
-    for it in range(config.iters):
-        if it == drop_at:
-            for opt in (opt_g, *objective.optimisers):
-                for group in opt.param_groups:
-                    group["lr"] *= config.lr_drop_factor
-        with autocast:
-            previous = _random_previous(job)
-        noisy = job.noise_amp * draw_noise(tuple(real.shape), job.rng, real.device) + previous
-        d_loss, gp = objective.update(lambda: gen(noisy, previous))  # noqa: B023 (called here)
-        for _ in range(config.g_steps):
-            opt_g.zero_grad(set_to_none=True)
-            with autocast:
-                fake = gen(noisy, previous)
-            g_adv = objective.generator_term(fake)
-            g_adv.backward()
-            with autocast, torch.set_grad_enabled(config.alpha > 0):
-                rec = F.mse_loss(gen(rec_input, job.rec_previous).float(), real)
-            if config.alpha > 0:
-                (config.alpha * rec).backward()
-            opt_g.step()
-        if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
-            row = {"scale": job.scale, "iter": it + 1, "d_loss": d_loss.item(),
-                   "g_adv": g_adv.item(), "rec_loss": rec.item(), "gp": gp.item(),
-                   "lr": opt_g.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
-            rows.append(row)
-            report.advance(it + 1, row)
+    try:
+        for it in range(config.iters):
+            if it == drop_at:
+                for opt in (opt_g, *objective.optimisers):
+                    for group in opt.param_groups:
+                        group["lr"] *= config.lr_drop_factor
+            if path is None:
+                with autocast:
+                    previous = _random_previous(job)
+            else:
+                with autocast:
+                    through_joint = path.random()
+                with torch.no_grad(), autocast:
+                    previous = through_joint()
+            unit = draw_noise(tuple(real.shape), job.rng, real.device)
+            noisy = job.noise_amp * unit + previous
+            d_loss, gp = objective.update(lambda: gen(noisy, previous))  # noqa: B023
+            for _ in range(config.g_steps):
+                opt_g.zero_grad(set_to_none=True)
+                if path is not None:  # the joint scales changed at the last step
+                    with autocast:
+                        previous = through_joint()
+                        rec_previous = path.reconstruction()
+                    noisy = job.noise_amp * unit + previous
+                with autocast:
+                    fake = gen(noisy, previous)
+                g_adv = objective.generator_term(fake)
+                g_adv.backward()
+                with autocast, torch.set_grad_enabled(config.alpha > 0):
+                    rec = F.mse_loss(gen(rec_noise + rec_previous, rec_previous).float(), real)
+                if config.alpha > 0:
+                    (config.alpha * rec).backward()
+                opt_g.step()
+            if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
+                row = {"scale": job.scale, "iter": it + 1, "d_loss": d_loss.item(),
+                       "g_adv": g_adv.item(), "rec_loss": rec.item(), "gp": gp.item(),
+                       "lr": opt_g.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                rows.append(row)
+                report.advance(it + 1, row)
+    finally:
+        for s in joint:
+            job.pyramid.generators[s].eval().requires_grad_(False)
     return rows
 
 

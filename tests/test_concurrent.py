@@ -1,0 +1,132 @@
+"""Concurrent scales (ConSinGAN's concurrent stages, ``concurrent``): while a scale trains, the
+coarser scales above it train on, at a reduced learning rate, on a real CT slice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medsingan import train as train_module
+from medsingan.batched import train_batch
+from medsingan.errors import ConfigError
+from medsingan.generate import reconstruct
+from medsingan.train import TrainConfig, train
+from tests.cli.test_inspect import assert_one_line_error, run_cli
+from tests.conftest import dicom_file
+
+# 128 x 128 CT at max side 48 -> 4 scales, instance norm (concurrent scales need it).
+TINY = {"max_size": 48, "nfc": 8, "max_nfc": 8, "iters": 6, "log_every": 2, "device": "cpu",
+        "norm": "instance"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ct_image() -> torch.Tensor:
+    pixels = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array.astype(np.float32)
+    unit = (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 2 - 1
+    return torch.from_numpy(unit)[None, None]
+
+
+def _changes_per_scale(ct_image, tmp_path, monkeypatch, **options):
+    """Train; for every scale trained, the mean absolute weight change of every coarser
+    generator during that scale's training (0.0: not touched)."""
+    real_train_scale = train_module._train_scale
+    changes: dict[int, dict[int, float]] = {}
+
+    def watched(job, *args):
+        before = {s: [p.detach().clone() for p in g.parameters()]
+                  for s, g in job.pyramid.generators.items()}
+        rows = real_train_scale(job, *args)
+        changes[job.scale] = {
+            s: float(torch.cat([(p - b).abs().flatten() for p, b in
+                                zip(job.pyramid.generators[s].parameters(), before[s],
+                                    strict=True)]).mean())
+            for s in before}
+        for s in before:  # frozen again once the scale is done
+            generator = job.pyramid.generators[s]
+            assert not generator.training
+            assert not any(p.requires_grad for p in generator.parameters())
+        return rows
+
+    monkeypatch.setattr(train_module, "_train_scale", watched)
+    pyramid = train(ct_image, TrainConfig(**TINY | options), tmp_path, progress=False)
+    assert pyramid.coarsest == 3 and pyramid.is_complete
+    assert torch.isfinite(reconstruct(pyramid)).all()
+    return changes
+
+
+def test_one_scale_at_a_time_leaves_every_coarser_scale_untouched(ct_image, tmp_path,
+                                                                  monkeypatch):
+    changes = _changes_per_scale(ct_image, tmp_path, monkeypatch)
+    assert all(change == 0.0 for scale in changes.values() for change in scale.values())
+
+
+def test_concurrent_scales_train_the_next_coarser_ones_at_a_tenth_of_the_rate(
+        ct_image, tmp_path, monkeypatch):
+    changes = _changes_per_scale(ct_image, tmp_path, monkeypatch, concurrent=3)
+    for scale, coarser in changes.items():
+        for s, change in coarser.items():
+            if s - scale <= 2:  # the two scales above it train on
+                assert change > 0, (scale, s)
+            else:
+                assert change == 0.0, (scale, s)
+    # Adam's steps are about the learning rate per weight: the scale two above moves by about
+    # a tenth of the one above (lr 0.1x of it), which moves by about a tenth of lr_g
+    for scale in (0, 1):
+        ratio = changes[scale][scale + 2] / changes[scale][scale + 1]
+        assert 0.02 < ratio < 0.4, (scale, ratio)
+
+
+def test_a_concurrent_run_resumes_to_the_uninterrupted_weights(ct_image, tmp_path):
+    config = TrainConfig(**TINY | {"concurrent": 2})
+    train(ct_image, config, tmp_path / "whole", progress=False)
+    train(ct_image, config, tmp_path / "split", progress=False, last_scale=2)
+    train(ct_image, config, tmp_path / "split", resume=True, progress=False)
+    whole = load_file(str(tmp_path / "whole" / "weights.safetensors"))
+    split = load_file(str(tmp_path / "split" / "weights.safetensors"))
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    stored = json.loads((tmp_path / "whole" / "config.json").read_text())["train"]
+    assert stored["concurrent"] == 2 and stored["concurrent_lr_scale"] == 0.1
+
+
+@pytest.mark.parametrize("option", [
+    {"concurrent": 0}, {"concurrent": 2, "norm": "batch"}, {"concurrent_lr_scale": 0.0},
+    {"concurrent_lr_scale": 1.5}])
+def test_bad_concurrent_settings_are_one_line_config_errors(option):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**TINY | option).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_batched_training_refuses_concurrent_scales(ct_image, tmp_path):
+    configs = [TrainConfig(**TINY | {"concurrent": 2, "seed": s}) for s in (0, 1)]
+    with pytest.raises(ConfigError, match="one scale at a time"):
+        train_batch([ct_image, ct_image], configs, [tmp_path / "a", tmp_path / "b"],
+                    progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_command_line_trains_concurrent_scales_and_records_them(tmp_path):
+    scan = dicom_file("CT_small.dcm")
+    result = run_cli("train", scan, "--preset", "paper", "--concurrent", "2", "--out",
+                     tmp_path / "paper")
+    assert_one_line_error(result, "--norm instance")
+    assert not (tmp_path / "paper").exists()
+    result = run_cli("train", scan, "--preset", "balanced", "--concurrent", "3", "--max-size",
+                     "32", "--iters", "2", "--quiet", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert stored["concurrent"] == 3 and stored["norm"] == "instance"
