@@ -8,6 +8,7 @@ iteration of every scale is a warm-up; of the others, the fastest is the figure 
 processes on a shared machine only ever add time) and the median is shown beside it.
 
     python benchmarks/train_speed.py [--iters 4] [--size 250] [--configs paper fast]
+        [--config NAME=PRESET,KEY=VALUE,...]
 
 With ``--batched K [K ...]`` it measures batched multi-model training instead
 (:mod:`medsingan.batched`): K crops of the chest (K different images of one size) trained
@@ -40,17 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from candidates import PRESETS, parse_candidate
 from real_scans import chest_square
 
 from medsingan.batched import train_batch
 from medsingan.pyramid import resize
-from medsingan.runs import TRAINING_PRESETS, training_preset
 from medsingan.train import HISTORY_FILE, TrainConfig, run_summary, train
-
-# TrainConfig overrides: each speed preset's, as configs/training.yaml gives them ("paper": the
-# defaults), and "fast_amp": fast with bfloat16 convolutions.
-PRESETS: dict[str, dict[str, Any]] = {name: training_preset(name) for name in TRAINING_PRESETS}
-PRESETS["fast_amp"] = PRESETS["fast"] | {"amp": True}
 
 
 def measure(name: str, overrides: dict[str, Any], size: int, iters: int,
@@ -180,14 +176,21 @@ def main() -> None:
                         help="--batched: cpu or cuda (models per GPU-hour)")
     parser.add_argument("--batched", type=int, nargs="+", default=None, metavar="K",
                         help="measure batched training of K models instead (first --configs)")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=PRESET,K=V,...",
+                        help="also a candidate configuration: a preset with fields changed, "
+                        "e.g. balanced_c3=balanced,concurrent=3; measured after --configs")
     args = parser.parse_args()
     if args.batched:
         batched_main(args)
         return
+    candidates = {name: PRESETS[name] for name in args.configs}
+    for text in args.config:
+        name, overrides = parse_candidate(text, set(candidates), args.size)
+        candidates[name] = overrides
     results = []
-    for name in args.configs:
+    for name, overrides in candidates.items():
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            results.append(pool.submit(measure, name, PRESETS[name], args.size, args.iters,
+            results.append(pool.submit(measure, name, overrides, args.size, args.iters,
                                        args.threads).result())
     baseline = results[0]
     for result in results:
