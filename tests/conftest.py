@@ -33,6 +33,17 @@ def nifti_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def ct_image() -> torch.Tensor:
+    """pydicom's CT_small.dcm (128 x 128) scaled to [-1, 1], ``(1, 1, 128, 128)``."""
+    import numpy as np
+    import pydicom
+
+    pixels = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array.astype(np.float32)
+    unit = (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 2 - 1
+    return torch.from_numpy(unit)[None, None]
+
+
 @pytest.fixture
 def copy_to(tmp_path: Path):
     """Copy a file into the test's folder (to damage it or write beside it)."""

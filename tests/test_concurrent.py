@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pydicom
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -22,21 +20,6 @@ from tests.conftest import dicom_file
 # 128 x 128 CT at max side 48 -> 4 scales, instance norm (concurrent scales need it).
 TINY = {"max_size": 48, "nfc": 8, "max_nfc": 8, "iters": 6, "log_every": 2, "device": "cpu",
         "norm": "instance"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ct_image() -> torch.Tensor:
-    pixels = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array.astype(np.float32)
-    unit = (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 2 - 1
-    return torch.from_numpy(unit)[None, None]
 
 
 def _changes_per_scale(ct_image, tmp_path, monkeypatch, **options):

@@ -8,8 +8,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
-import pydicom
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -38,13 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ct_image() -> torch.Tensor:
-    pixels = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array.astype(np.float32)
-    unit = (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 2 - 1
-    return torch.from_numpy(unit)[None, None]
 
 
 @pytest.fixture(scope="module")
