@@ -12,6 +12,11 @@ output and of the scale's real image, everything else unchanged:
   this path is computed once per scale;
 * ``amp_N = coarsest_noise_amp``; ``amp_n = noise_amp_factor * RMSE(real_n, up(rec_{n+1}))``.
 
+With ``concurrent = K > 1`` (ConSinGAN) the ``K - 1`` scales above ``n`` are not frozen while
+``n`` trains: both paths run through them with gradients, every generator step, and their
+weights move at ``concurrent_lr_scale`` per scale up of ``n``'s rate; ``amp_n`` is still set
+from the coarser reconstruction as it is when ``n`` starts, and kept (as ConSinGAN does).
+
 Every random draw of scale ``n`` comes from a generator seeded by ``(seed, n)``, so resuming after
 the last finished scale gives the same weights as an uninterrupted run (on the same device).
 
@@ -292,15 +297,15 @@ def gradient_penalty(critic: Discriminator, real: torch.Tensor, fake: torch.Tens
 
 @dataclass
 class _ScaleJob:
-    """Everything one scale's training needs; ``pyramid`` holds the frozen coarser scales.
-    ``critic`` is ``None`` for an explicit loss."""
+    """Everything one scale's training needs; ``pyramid`` holds the coarser scales (frozen,
+    but for the ``concurrent - 1`` nearest). ``critic`` is ``None`` for an explicit loss."""
 
     scale: int
     pyramid: TrainedPyramid
     generator: Generator
     critic: Discriminator | None
     noise_amp: float
-    rec_previous: torch.Tensor  # up-sampled frozen reconstruction from scale + 1 (or zeros)
+    rec_previous: torch.Tensor  # up-sampled reconstruction from scale + 1 at the start (or zeros)
     rng: torch.Generator
 
 
@@ -460,26 +465,26 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
             if path is None:
                 with autocast:
                     previous = _random_previous(job)
-            else:
+            else:  # with gradients: the first generator step back-propagates through it
                 with autocast:
                     through_joint = path.random()
-                with torch.no_grad(), autocast:
                     previous = through_joint()
             unit = draw_noise(tuple(real.shape), job.rng, real.device)
             noisy = job.noise_amp * unit + previous
             d_loss, gp = objective.update(lambda: gen(noisy, previous))  # noqa: B023
-            for _ in range(config.g_steps):
+            for step in range(config.g_steps):
                 opt_g.zero_grad(set_to_none=True)
-                if path is not None:  # the joint scales changed at the last step
+                if path is not None and step > 0:  # the joint scales changed at the last step
                     with autocast:
                         previous = through_joint()
-                        rec_previous = path.reconstruction()
                     noisy = job.noise_amp * unit + previous
                 with autocast:
                     fake = gen(noisy, previous)
                 g_adv = objective.generator_term(fake)
-                g_adv.backward()
+                g_adv.backward()  # before the reconstruction: one graph alive at a time
                 with autocast, torch.set_grad_enabled(config.alpha > 0):
+                    if path is not None:  # through the joint scales as they are now
+                        rec_previous = path.reconstruction()
                     rec = F.mse_loss(gen(rec_noise + rec_previous, rec_previous).float(), real)
                 if config.alpha > 0:
                     (config.alpha * rec).backward()

@@ -24,19 +24,23 @@ TINY = {"max_size": 48, "nfc": 8, "max_nfc": 8, "iters": 6, "log_every": 2, "dev
 
 def _changes_per_scale(ct_image, tmp_path, monkeypatch, **options):
     """Train; for every scale trained, the mean absolute weight change of every coarser
-    generator during that scale's training (0.0: not touched)."""
+    generator during that scale's training (0.0: not touched), and of its own under the
+    scale's number."""
     real_train_scale = train_module._train_scale
     changes: dict[int, dict[int, float]] = {}
+
+    @torch.no_grad()
+    def change(generator, before):
+        return float(torch.cat([(p - b).abs().flatten() for p, b in
+                                zip(generator.parameters(), before, strict=True)]).mean())
 
     def watched(job, *args):
         before = {s: [p.detach().clone() for p in g.parameters()]
                   for s, g in job.pyramid.generators.items()}
+        own = [p.detach().clone() for p in job.generator.parameters()]
         rows = real_train_scale(job, *args)
-        changes[job.scale] = {
-            s: float(torch.cat([(p - b).abs().flatten() for p, b in
-                                zip(job.pyramid.generators[s].parameters(), before[s],
-                                    strict=True)]).mean())
-            for s in before}
+        changes[job.scale] = {s: change(job.pyramid.generators[s], before[s]) for s in before}
+        changes[job.scale][job.scale] = change(job.generator, own)
         for s in before:  # frozen again once the scale is done
             generator = job.pyramid.generators[s]
             assert not generator.training
@@ -53,34 +57,59 @@ def _changes_per_scale(ct_image, tmp_path, monkeypatch, **options):
 def test_one_scale_at_a_time_leaves_every_coarser_scale_untouched(ct_image, tmp_path,
                                                                   monkeypatch):
     changes = _changes_per_scale(ct_image, tmp_path, monkeypatch)
-    assert all(change == 0.0 for scale in changes.values() for change in scale.values())
+    for scale, moved in changes.items():
+        assert moved.pop(scale) > 0
+        assert all(change == 0.0 for change in moved.values()), scale
 
 
 def test_concurrent_scales_train_the_next_coarser_ones_at_a_tenth_of_the_rate(
         ct_image, tmp_path, monkeypatch):
     changes = _changes_per_scale(ct_image, tmp_path, monkeypatch, concurrent=3)
-    for scale, coarser in changes.items():
-        for s, change in coarser.items():
-            if s - scale <= 2:  # the two scales above it train on
+    for scale, moved in changes.items():
+        for s, change in moved.items():
+            if s - scale <= 2:  # the scale itself and the two above it
                 assert change > 0, (scale, s)
             else:
                 assert change == 0.0, (scale, s)
-    # Adam's steps are about the learning rate per weight: the scale two above moves by about
-    # a tenth of the one above (lr 0.1x of it), which moves by about a tenth of lr_g
+    # Adam's steps are about the learning rate per weight: each scale up moves by about a
+    # tenth of the one below it (lr_g, then 0.1 and 0.01 of it)
     for scale in (0, 1):
-        ratio = changes[scale][scale + 2] / changes[scale][scale + 1]
-        assert 0.02 < ratio < 0.4, (scale, ratio)
+        for above in (1, 2):
+            ratio = changes[scale][scale + above] / changes[scale][scale + above - 1]
+            assert 0.02 < ratio < 0.4, (scale, above, ratio)
+
+
+@pytest.mark.parametrize(("adversarial", "reconstruction"),
+                         [(True, False), (False, True), (False, False)])
+def test_the_coarser_scales_learn_from_both_losses_of_the_finer_one_and_from_nothing_else(
+        ct_image, tmp_path, monkeypatch, adversarial, reconstruction):
+    if not adversarial:  # the generator's adversarial term, with its gradient, zeroed
+        term = train_module._CriticObjective.generator_term
+        monkeypatch.setattr(train_module._CriticObjective, "generator_term",
+                            lambda self, fake: 0 * term(self, fake))
+    changes = _changes_per_scale(ct_image, tmp_path, monkeypatch, concurrent=2,
+                                 alpha=10.0 if reconstruction else 0.0)
+    coarser = [changes[scale][scale + 1] for scale in range(3)]
+    if adversarial or reconstruction:
+        assert all(change > 0 for change in coarser), coarser
+    else:
+        assert coarser == [0.0, 0.0, 0.0]
 
 
 def test_a_concurrent_run_resumes_to_the_uninterrupted_weights(ct_image, tmp_path):
     config = TrainConfig(**TINY | {"concurrent": 2})
     train(ct_image, config, tmp_path / "whole", progress=False)
+    train(ct_image, TrainConfig(**TINY), tmp_path / "alone", progress=False)
     train(ct_image, config, tmp_path / "split", progress=False, last_scale=2)
     train(ct_image, config, tmp_path / "split", resume=True, progress=False)
     whole = load_file(str(tmp_path / "whole" / "weights.safetensors"))
     split = load_file(str(tmp_path / "split" / "weights.safetensors"))
     assert whole.keys() == split.keys()
     assert all(torch.equal(whole[k], split[k]) for k in whole)
+    # ... and it did train concurrently: the coarsest generator moved on while scale 2 trained
+    alone = load_file(str(tmp_path / "alone" / "weights.safetensors"))
+    coarsest = [k for k in whole if k.startswith("generator.3.")]
+    assert coarsest and not all(torch.equal(whole[k], alone[k]) for k in coarsest)
     stored = json.loads((tmp_path / "whole" / "config.json").read_text())["train"]
     assert stored["concurrent"] == 2 and stored["concurrent_lr_scale"] == 0.1
 
@@ -91,7 +120,9 @@ def test_a_concurrent_run_resumes_to_the_uninterrupted_weights(ct_image, tmp_pat
 def test_bad_concurrent_settings_are_one_line_config_errors(option):
     with pytest.raises(ConfigError) as info:
         TrainConfig(**TINY | option).validate()
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message
+    assert ("concurrent_lr_scale" if "concurrent_lr_scale" in option else "concurrent") in message
 
 
 def test_batched_training_refuses_concurrent_scales(ct_image, tmp_path):
