@@ -17,8 +17,8 @@ CHEST = $$($(BIN)/python -c 'from pydicom.data import get_testdata_file as g; pr
 
 demo: $(STAMP)
 	$(BIN)/medsingan inspect "$(CHEST)" --preview demo_output/chest_preview.png
-	$(BIN)/medsingan train "$(CHEST)" --modality xray --max-size 96 --preset balanced \
-		--iters 100 --concurrent 3 --out demo_output/chest_run --overwrite
+	$(BIN)/medsingan train "$(CHEST)" --modality xray --max-size 96 --preset concurrent \
+		--iters 100 --out demo_output/chest_run --overwrite
 	$(BIN)/medsingan info demo_output/chest_run
 	@echo "run directory: demo_output/chest_run (samples_scale_*.png, curves.png, history.csv)"
 	@if $(BIN)/python -c "from medsingan.metrics.sifid import SifidScorer as S, find_inception_weights as f; S(f())" \

@@ -163,18 +163,18 @@ def train(
     min_size: MinSizeOpt = None,
     max_size: MaxSizeOpt = None,
     scale_factor: Annotated[float | None, typer.Option(
-        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: fast, quick "
-        "and balanced 0.7, paper 0.75; then adjusted so the coarsest side is exactly --min-size].",
+        "--scale-factor", help="Scale factor between scales, in (0, 1) [default: paper 0.75, "
+        "the other presets 0.7; then adjusted so the coarsest side is exactly --min-size].",
         show_default=False)] = None,
     nfc: Annotated[int | None, typer.Option(
         "--nfc", help="Channels at the coarsest scales, doubled every 4 scales [default: 32].",
         show_default=False)] = None,
     max_nfc: Annotated[int | None, typer.Option(
-        "--max-nfc", help="Channel cap [default: fast, quick and balanced 64, paper 128].",
+        "--max-nfc", help="Channel cap [default: paper 128, the other presets 64].",
         show_default=False)] = None,
     norm: Annotated[Norm | None, typer.Option(
-        "--norm", help="Normalisation layer [default: fast, quick and balanced instance, "
-        "paper batch].",
+        "--norm", help="Normalisation layer [default: paper batch, the other "
+        "presets instance].",
         show_default=False)] = None,
     activation: Annotated[Activation | None, typer.Option(
         "--activation", help="Activation [default: lrelu (slope 0.2)].",
@@ -184,15 +184,16 @@ def train(
         "[default: zero].", show_default=False)] = None,
     gp_every: Annotated[int | None, typer.Option(
         "--gp-every", help="Gradient penalty on every k-th critic step (lazy, scaled by k) "
-        "[default: preset's; fast and quick 4, balanced and paper 1].",
+        "[default: preset's; fast and quick 4, the others 1].",
         show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
-        "--alpha", help="Reconstruction loss weight [default: 10].", show_default=False)] = None,
+        "--alpha", help="Reconstruction loss weight [default: 10; --preset concurrent 20].",
+        show_default=False)] = None,
     concurrent: Annotated[int | None, typer.Option(
         "--concurrent", help="Scales trained together (ConSinGAN): the K-1 coarser scales "
         "above the one in training train on through its losses, each at a tenth of the "
         "learning rate of the scale below; needs --norm instance or none [default: 1, one "
-        "scale at a time].", show_default=False)] = None,
+        "scale at a time; --preset concurrent 2].", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
         "--lr", help="Adam learning rate of the generator and (wgan-gp) critic [default: 5e-4].",
         show_default=False)] = None,

@@ -267,9 +267,10 @@ def batch_train_tasks(tasks: Sequence[TrainTask], batch_models: int
         except Exception as exc:
             results.append(TaskResult(name, "failed", error=_one_line(exc)))
             continue
-        key = (batch_key(prepared.image, prepared.config)
-               if prepared.config.loss == DEFAULT_LOSS else task.run_dir)  # a critic-free
-        buckets.setdefault(key, []).append(task)  # loss trains alone
+        # a critic-free loss and concurrent scales cannot be batched: such a run trains alone
+        alone = prepared.config.loss != DEFAULT_LOSS or prepared.config.concurrent > 1
+        key = task.run_dir if alone else batch_key(prepared.image, prepared.config)
+        buckets.setdefault(key, []).append(task)
     batches = [TrainBatch(tuple(bucket[i:i + batch_models]))
                for bucket in buckets.values() for i in range(0, len(bucket), batch_models)]
     return batches, results

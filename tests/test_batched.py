@@ -192,14 +192,18 @@ def test_cohort_train_batches_scans_of_one_geometry_and_trains_the_rest_alone(tm
     assert not (tmp_path / "none").exists()
 
 
-def test_cohort_train_with_an_explicit_loss_trains_each_model_alone(tmp_path):
-    """A critic-free loss cannot share the grouped critic step: --batch-models leaves such
-    runs to the single-model trainer, which records the loss."""
+@pytest.mark.parametrize(("preset", "loss", "concurrent"),
+                         [("fast", "aligned-nn", 1), ("concurrent", "wgan-gp", 2)])
+def test_cohort_train_with_an_explicit_loss_or_concurrent_scales_trains_each_model_alone(
+        tmp_path, preset, loss, concurrent):
+    """A critic-free loss cannot share the grouped critic step, nor concurrent scales the
+    batched one-scale step: --batch-models leaves such runs to the single-model trainer,
+    which records them (CT_small and MR_small would otherwise share a batch)."""
     import shutil
 
     import pandas as pd
 
-    from medsingan.cohort import Executing, cohort_train
+    from medsingan.cohort import Executing, batch_train_tasks, cohort_train, train_tasks
     from medsingan.dataset import FolderOptions, manifest_from_folder
 
     for label, name in (("a", "CT_small.dcm"), ("b", "MR_small.dcm")):
@@ -209,13 +213,17 @@ def test_cohort_train_with_an_explicit_loss_trains_each_model_alone(tmp_path):
     manifest_from_folder(tmp_path / "data", manifest, FolderOptions())
     pd.read_csv(manifest, keep_default_na=False).assign(split="train").to_csv(manifest,
                                                                                index=False)
+    overrides = {"iters": 2, "max_size": 32} | ({"loss": loss} if preset == "fast" else {})
+    tasks = train_tasks(manifest, tmp_path / "runs", speed_preset=preset, overrides=overrides)
+    batches, _ = batch_train_tasks(tasks, 2)
+    assert [len(batch.tasks) for batch in batches] == [1, 1]  # a batch each
     report = cohort_train(manifest, tmp_path / "runs", executing=Executing(progress=False),
-                          batch_models=2,
-                          overrides={"iters": 2, "max_size": 32, "loss": "aligned-nn"})
+                          batch_models=2, speed_preset=preset, overrides=overrides)
     assert [r.status for r in report.results] == ["trained"] * 2, report.results
     for result in report.results:
         pyramid = load_run(tmp_path / "runs" / result.name)
-        assert pyramid.metadata["train"]["loss"] == "aligned-nn"
+        assert pyramid.metadata["train"]["loss"] == loss
+        assert pyramid.metadata["train"]["concurrent"] == concurrent
         assert "batch_models" not in pyramid.metadata["progress"]["0"]
 
 

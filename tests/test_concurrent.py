@@ -13,7 +13,7 @@ from medsingan import train as train_module
 from medsingan.batched import train_batch
 from medsingan.errors import ConfigError
 from medsingan.generate import reconstruct
-from medsingan.train import TrainConfig, train
+from medsingan.train import TrainConfig, load_run, train
 from tests.cli.test_inspect import assert_one_line_error, run_cli
 from tests.conftest import dicom_file
 
@@ -139,8 +139,18 @@ def test_the_command_line_trains_concurrent_scales_and_records_them(tmp_path):
                      tmp_path / "paper")
     assert_one_line_error(result, "--norm instance")
     assert not (tmp_path / "paper").exists()
-    result = run_cli("train", scan, "--preset", "balanced", "--concurrent", "3", "--max-size",
+    result = run_cli("train", scan, "--preset", "balanced", "--concurrent", "2", "--max-size",
                      "32", "--iters", "2", "--quiet", "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     stored = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
-    assert stored["concurrent"] == 3 and stored["norm"] == "instance"
+    assert stored["concurrent"] == 2 and stored["norm"] == "instance" and stored["alpha"] == 10
+    # the preset that trains two scales at a time (configs/training.yaml)
+    result = run_cli("train", scan, "--preset", "concurrent", "--max-size", "32", "--iters", "2",
+                     "--quiet", "--out", tmp_path / "preset")
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((tmp_path / "preset" / "config.json").read_text())["train"]
+    assert (stored["concurrent"], stored["alpha"], stored["gp_every"], stored["max_nfc"]) == \
+        (2, 20, 1, 64)
+    assert stored["iters"] == 2 and stored["norm"] == "instance"
+    pyramid = load_run(tmp_path / "preset")
+    assert pyramid.is_complete and torch.isfinite(reconstruct(pyramid)).all()

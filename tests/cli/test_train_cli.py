@@ -61,19 +61,23 @@ def test_the_quick_preset_trains_a_real_scan_and_is_recorded(tmp_path, monkeypat
         return real_train(image, dataclasses.replace(config, iters=2), run_dir, **kwargs)
 
     monkeypatch.setattr(medsingan.runs, "train", shortened)
-    for preset in ("quick", "fast", "balanced", "paper"):
+    for preset in ("quick", "fast", "balanced", "concurrent", "paper"):
         code, _, err = run_in_process(monkeypatch, capsys, "train", dicom_file("CT_small.dcm"),
                                       "--out", tmp_path / "asked" / preset, "--preset", preset,
                                       "--max-size", "32", "--quiet")
         assert code == 0, err
     assert {name: c.iters for name, c in given.items()} == \
-        {"quick": 500, "fast": 2000, "balanced": 1000, "paper": 2000}
-    assert given["quick"].norm == given["fast"].norm == given["balanced"].norm == "instance" \
-        != given["paper"].norm
+        {"quick": 500, "fast": 2000, "balanced": 1000, "concurrent": 500, "paper": 2000}
+    assert {name for name, c in given.items() if c.norm == "instance"} == \
+        {"quick", "fast", "balanced", "concurrent"}
     assert {name: c.gp_every for name, c in given.items()} == \
-        {"quick": 4, "fast": 4, "balanced": 1, "paper": 1}
+        {"quick": 4, "fast": 4, "balanced": 1, "concurrent": 1, "paper": 1}
     assert {name: (c.max_nfc, c.scale_factor) for name, c in given.items()} == \
-        {"quick": (64, 0.7), "fast": (64, 0.7), "balanced": (64, 0.7), "paper": (128, 0.75)}
+        {"quick": (64, 0.7), "fast": (64, 0.7), "balanced": (64, 0.7),
+         "concurrent": (64, 0.7), "paper": (128, 0.75)}
+    assert {name: (c.concurrent, c.alpha) for name, c in given.items()} == \
+        {"quick": (1, 10), "fast": (1, 10), "balanced": (1, 10), "concurrent": (2, 20),
+         "paper": (1, 10)}
     monkeypatch.undo()
     run_dir = tmp_path / "quick"
     result = run_cli("train", dicom_file("CT_small.dcm"), "--out", run_dir, "--preset", "quick",
