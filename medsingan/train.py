@@ -389,8 +389,9 @@ class _CriticObjective:
         with torch.no_grad(), autocast:
             fake = make_fake()
         critic.requires_grad_(True)
-        # Each loss is back-propagated as soon as it is built, so that only one graph is alive
-        # at a time (peak memory); the gradients add up in the parameters.
+        # Each loss is back-propagated as soon as it is built, so that only one critic graph is
+        # alive at a time (peak memory; with concurrent scales the joint path's graph, kept for
+        # the generator step, lives on beside it); the gradients add up in the parameters.
         (opt_d,) = self.optimisers
         for _ in range(config.d_steps):
             opt_d.zero_grad(set_to_none=True)
@@ -481,7 +482,7 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
                 with autocast:
                     fake = gen(noisy, previous)
                 g_adv = objective.generator_term(fake)
-                g_adv.backward()  # before the reconstruction: one graph alive at a time
+                g_adv.backward()  # before the reconstruction is built: not two graphs at once
                 with autocast, torch.set_grad_enabled(config.alpha > 0):
                     if path is not None:  # through the joint scales as they are now
                         rec_previous = path.reconstruction()
