@@ -253,6 +253,17 @@ def batch_key(image: torch.Tensor, config: TrainConfig) -> tuple[Any, ...]:
     return image.shape[1], tuple(shapes), settings
 
 
+def why_not_batchable(config: TrainConfig) -> str | None:
+    """Why a model trained with ``config`` cannot share a batch (one line), or ``None``."""
+    if config.concurrent > 1:
+        return ("batched training trains one scale at a time (concurrent 1): train concurrent "
+                "scales one model at a time")
+    if config.loss != DEFAULT_LOSS:
+        return (f"batched training trains the {DEFAULT_LOSS} critic only (--loss {config.loss} "
+                "trains one model at a time)")
+    return None
+
+
 def _check_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                  run_dirs: Sequence[Path]) -> list[tuple[int, int]]:
     """ConfigError unless the models can train as one batch; returns their pyramid shapes."""
@@ -263,12 +274,8 @@ def _check_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
     keys = []
     for image, config in zip(images, configs, strict=True):
         config.validate()
-        if config.concurrent > 1:
-            raise ConfigError("batched training trains one scale at a time (concurrent 1): "
-                              "train concurrent scales one model at a time")
-        if config.loss != DEFAULT_LOSS:
-            raise ConfigError(f"batched training trains the {DEFAULT_LOSS} critic only "
-                              f"(--loss {config.loss} trains one model at a time)")
+        if (reason := why_not_batchable(config)) is not None:
+            raise ConfigError(reason)
         keys.append(batch_key(image, config))
     if len({key[:2] for key in keys}) > 1:
         raise ConfigError("the scans of a batch differ in pyramid geometry (size or channels): "

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medsingan.augment import DEFAULT_MAX_COPY, AugmentRequest, ScanSource, augment, read_unit
-from medsingan.batched import batch_key, train_batch
+from medsingan.batched import batch_key, train_batch, why_not_batchable
 from medsingan.errors import ConfigError, MedsinganError, RunDirError, warn_user
 from medsingan.io.atomic import atomic_path
 from medsingan.manifest import check_manifest, merge_manifests, read_manifest, resolve_image
@@ -44,7 +44,7 @@ from medsingan.model.previews import to_uint8
 from medsingan.preprocess import IntensityMapping
 from medsingan.roi import region_of_run
 from medsingan.runs import prepare_training, train_scan
-from medsingan.train import DEFAULT_LOSS, load_run
+from medsingan.train import load_run
 
 # Presets a manifest's modality column may name; anything else is detected (auto).
 _MODALITIES = ("xray", "ct", "mri", "dental", "generic")
@@ -267,8 +267,7 @@ def batch_train_tasks(tasks: Sequence[TrainTask], batch_models: int
         except Exception as exc:
             results.append(TaskResult(name, "failed", error=_one_line(exc)))
             continue
-        # a critic-free loss and concurrent scales cannot be batched: such a run trains alone
-        alone = prepared.config.loss != DEFAULT_LOSS or prepared.config.concurrent > 1
+        alone = why_not_batchable(prepared.config) is not None  # such a run trains alone
         key = task.run_dir if alone else batch_key(prepared.image, prepared.config)
         buckets.setdefault(key, []).append(task)
     batches = [TrainBatch(tuple(bucket[i:i + batch_models]))
