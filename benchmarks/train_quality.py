@@ -16,7 +16,10 @@ TrainConfig fields changed, e.g. ``--config paper500=paper,iters=500``; repeatab
 ``--runs DIR`` keeps each run directory (``DIR/<config>``, with its ``samples_scale_*.png``) and
 writes ``DIR/samples_side_by_side.png``: each configuration's ``samples_scale_0.png`` in a row.
 ``--jobs 2`` trains two configurations at a time, one torch thread each (their wall times then
-share the cores).
+share the cores). ``--resume`` (with ``--runs``) continues a configuration whose run folder holds
+an interrupted run from its last finished scale, and only scores one that is complete; its
+``train_s`` is then the sum of the per-scale training seconds the run recorded, over all
+sessions (``wall_s`` is this process's time).
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ from real_scans import chest_radiograph
 
 from medsingan.generate import reconstruct, sample
 from medsingan.metrics.patch_swd import patch_swd
-from medsingan.train import TrainConfig, train
+from medsingan.train import CONFIG_FILE, TrainConfig, run_summary, train
 
 
 def evaluate(name: str, overrides: dict[str, Any], size: int, iters: int | None,
-             samples: int, runs: Path | None = None, threads: int | None = None
-             ) -> dict[str, Any]:
+             samples: int, runs: Path | None = None, threads: int | None = None,
+             resume: bool = False) -> dict[str, Any]:
     """Train one configuration to completion and score it."""
     if threads:
         torch.set_num_threads(threads)
@@ -57,14 +60,17 @@ def evaluate(name: str, overrides: dict[str, Any], size: int, iters: int | None,
         with tempfile.TemporaryDirectory() as tmp:
             pyramid = train(chest_radiograph(), config, Path(tmp), progress=False)
     else:
-        shutil.rmtree(runs / name, ignore_errors=True)
-        pyramid = train(chest_radiograph(), config, runs / name, progress=False)
+        resume = resume and (runs / name / CONFIG_FILE).is_file()
+        if not resume:
+            shutil.rmtree(runs / name, ignore_errors=True)
+        pyramid = train(chest_radiograph(), config, runs / name, progress=False, resume=resume)
     wall = time.perf_counter() - started
     real = pyramid.reals[0]
     mse = float(((reconstruct(pyramid) - real) ** 2).mean())
     result: dict[str, Any] = {
         "config": name, "overrides": overrides, "iters": config.iters,
         "scales": [f"{h}x{w}" for h, w in pyramid.shapes], "wall_s": round(wall, 1),
+        "train_s": round(run_summary(runs / name)["total_seconds"], 1) if runs else round(wall, 1),
         "rec_psnr_db": round(10 * math.log10(4.0 / mse), 2),
     }
     for label, start in (("N", pyramid.coarsest), ("N-1", pyramid.coarsest - 1)):
@@ -88,7 +94,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="configurations trained at a time")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=PRESET,K=V,...",
                         help="a candidate configuration: a preset with fields changed")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted runs in --runs (score complete ones)")
     args = parser.parse_args()
+    if args.resume and args.runs is None:
+        parser.error("--resume continues the runs kept in --runs: give --runs DIR")
     threads = args.threads or (1 if args.jobs > 1 else None)
     presets = args.configs if args.configs is not None else [] if args.config else ["paper", "fast"]
     candidates = {name: PRESETS[name] for name in presets}
@@ -97,7 +107,8 @@ def main() -> None:
         candidates[name] = overrides
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(evaluate, name, overrides, args.size, args.iters, args.samples,
-                            args.runs, threads) for name, overrides in candidates.items()]
+                            args.runs, threads, args.resume)
+                for name, overrides in candidates.items()]
         results = []
         for job in jobs:
             results.append(job.result())

@@ -258,6 +258,9 @@ def why_not_batchable(config: TrainConfig) -> str | None:
     if config.concurrent > 1:
         return ("batched training trains one scale at a time (concurrent 1): train concurrent "
                 "scales one model at a time")
+    if config.crop:
+        return ("batched training trains on whole scales (crop 0): train cropped runs one "
+                "model at a time")
     if config.loss != DEFAULT_LOSS:
         return (f"batched training trains the {DEFAULT_LOSS} critic only (--loss {config.loss} "
                 "trains one model at a time)")

@@ -194,6 +194,11 @@ def train(
         "above the one in training train on through its losses, each at a tenth of the "
         "learning rate of the scale below; needs --norm instance or none [default: 1, one "
         "scale at a time; --preset concurrent 2].", show_default=False)] = None,
+    crop: Annotated[int | None, typer.Option(
+        "--crop", help="Train each scale larger than N px on a random N x N window of it, a "
+        "new one every iteration (the losses of a window estimate the whole scale's at a "
+        "fraction of the cost); samples stay whole-scale [default: 0, the whole scale].",
+        show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
         "--lr", help="Adam learning rate of the generator and (wgan-gp) critic [default: 5e-4].",
         show_default=False)] = None,
@@ -260,7 +265,7 @@ def train(
         "activation": _value(activation), "padding": _value(padding), "gp_every": gp_every,
         "alpha": alpha, "lr_g": lr, "lr_d": lr, "seed": seed, "device": device,
         "loss": _value(loss), "patch_size": patch_size, "patch_stride": patch_stride,
-        "patches": patches, "concurrent": concurrent,
+        "patches": patches, "concurrent": concurrent, "crop": crop,
     }
     run_dir, _ = train_scan(scan, out, modality=modality.value, window=window, frame=frame,
                             slice_index=slice_index, slice_axis=slice_axis, volume=volume,

@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,13 @@ class TrainConfig:
             scale at a time, as the paper. Needs instance or no norm (a frozen batch norm
             would change its meaning).
         concurrent_lr_scale: see ``concurrent``.
+        crop: train each scale larger than ``crop`` px on a random ``crop x crop`` window of
+            it, a new one every iteration (0 = the whole scale, as the paper). The networks
+            are fully convolutional and the critic scores 11-px patches, so a window's losses
+            estimate the whole scale's at a fraction of the cost; the generator's input keeps
+            its real margin (the window's output is exactly that part of the whole scale's
+            when the norm does not depend on the window: ``none``). The random paths, the
+            reconstruction entering the scale and the noise amplitude stay whole-scale.
     """
 
     iters: int = 2000
@@ -199,6 +207,7 @@ class TrainConfig:
     patches: int = 2048
     concurrent: int = 1
     concurrent_lr_scale: float = 0.1
+    crop: int = 0
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` (one line) for any unusable value; return ``self``."""
@@ -222,6 +231,10 @@ class TrainConfig:
         if self.concurrent > 1 and self.norm == "batch":
             raise ConfigError("concurrent training (concurrent > 1) needs --norm instance or "
                               "none: a coarser scale's frozen batch norm cannot train on")
+        field = self.num_layers * (self.kernel_size - 1) + 1
+        if self.crop and self.crop <= field:
+            raise ConfigError(f"crop must be 0 (the whole scale) or larger than the critic's "
+                              f"{field} px receptive field, got {self.crop}")
         if self.max_nfc < self.nfc:
             raise ConfigError(f"max_nfc ({self.max_nfc}) must not be smaller than nfc ({self.nfc})")
         if self.num_layers < 2 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -369,22 +382,62 @@ def _joint_scales(job: _ScaleJob, config: TrainConfig) -> list[int]:
     return list(range(job.scale + 1, min(job.scale + config.concurrent, job.pyramid.coarsest + 1)))
 
 
+class _Window:
+    """One iteration's random ``crop`` window of a scale (TrainConfig.crop): ``window(t)`` is
+    that part of a whole-scale tensor; :meth:`generate` runs the generator on it alone, its
+    input cut with the real margin (that part of the whole padded input).
+
+    A window's first row is drawn uniformly from ``1 - crop .. H - 1`` and clamped into the
+    scale (columns alike): every pixel, the border's and the corners' too, then lies in a
+    window at least as often as the centre's (uniform positions inside the scale would give
+    a corner one window in ``(H - crop + 1) (W - crop + 1)``, leaving the generator's border
+    handling almost untrained)."""
+
+    def __init__(self, shape: tuple[int, ...], crop: int, pad: int, rng: torch.Generator) -> None:
+        height, width = min(crop, shape[-2]), min(crop, shape[-1])
+        top = self._start(shape[-2], height, rng)
+        left = self._start(shape[-1], width, rng)
+        self.rows, self.cols = slice(top, top + height), slice(left, left + width)
+        self.margin_rows = slice(top, top + height + 2 * pad)
+        self.margin_cols = slice(left, left + width + 2 * pad)
+
+    @staticmethod
+    def _start(side: int, length: int, rng: torch.Generator) -> int:
+        start = int(torch.randint(1 - length, side, (), generator=rng))
+        return min(max(start, 0), side - length)
+
+    def __call__(self, whole: torch.Tensor) -> torch.Tensor:
+        return whole[..., self.rows, self.cols]
+
+    def generate(self, gen: Generator, noisy: torch.Tensor, previous: torch.Tensor
+                 ) -> torch.Tensor:
+        padded = gen.pad_input(noisy)[..., self.margin_rows, self.margin_cols]
+        return gen.residual(padded, self(previous))
+
+
+def _crops(config: TrainConfig, shape: tuple[int, ...]) -> bool:
+    """Whether a scale of ``shape`` trains on windows (TrainConfig.crop)."""
+    return 0 < config.crop < max(shape[-2:])
+
+
 class _CriticObjective:
     """WGAN-GP, the paper's: ``d_steps`` critic updates per iteration on one fake, then the
     generator's adversarial term ``-mean D(fake)``."""
 
     def __init__(self, critic: Discriminator, real: torch.Tensor, config: TrainConfig,
                  rng: torch.Generator, autocast: torch.autocast) -> None:
-        self.critic, self.real, self.config = critic.train(), real, config
+        self.critic, self.config = critic.train(), config
         self.rng, self.autocast = rng, autocast
         self.optimisers = [torch.optim.Adam(critic.parameters(), lr=config.lr_d,
                                             betas=config.betas)]
         self.steps = 0
         self.gp = torch.zeros((), device=real.device)  # the last penalty computed, for history
 
-    def update(self, make_fake: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One iteration's critic steps; the last step's critic loss and the last penalty."""
-        config, critic, real, autocast = self.config, self.critic, self.real, self.autocast
+    def update(self, make_fake: Callable[[], torch.Tensor], real: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration's critic steps against ``real`` (the scale, or its window); the last
+        step's critic loss and the last penalty."""
+        config, critic, autocast = self.config, self.critic, self.autocast
         # G is not updated during the critic steps, so one fake serves all of them.
         with torch.no_grad(), autocast:
             fake = make_fake()
@@ -428,7 +481,8 @@ class _PatchObjective:
         self.optimisers: list[torch.optim.Optimizer] = []
         self.none = torch.full((), math.nan, device=real.device)  # no critic loss or penalty
 
-    def update(self, make_fake: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, make_fake: Callable[[], torch.Tensor], real: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.none, self.none
 
     def generator_term(self, fake: torch.Tensor) -> torch.Tensor:
@@ -455,6 +509,7 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
     drop_at = math.ceil(config.lr_drop_at * config.iters)
     rec_noise = job.noise_amp * job.pyramid.reconstruction_noise(job.scale)
     rec_previous = job.rec_previous
+    crops = _crops(config, tuple(real.shape))
     rows: list[dict[str, float]] = []
     start = time.perf_counter()
     try:
@@ -472,7 +527,11 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
                     previous = through_joint()
             unit = draw_noise(tuple(real.shape), job.rng, real.device)
             noisy = job.noise_amp * unit + previous
-            d_loss, gp = objective.update(lambda: gen(noisy, previous))  # noqa: B023
+            # the generator on the whole scale, or on this iteration's window of it
+            window = _Window(real.shape, config.crop, gen.spec.pad, job.rng) if crops else None
+            run = gen if window is None else partial(window.generate, gen)
+            target = real if window is None else window(real)
+            d_loss, gp = objective.update(lambda: run(noisy, previous), target)  # noqa: B023
             for step in range(config.g_steps):
                 opt_g.zero_grad(set_to_none=True)
                 if path is not None and step > 0:  # the joint scales changed at the last step
@@ -480,13 +539,13 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
                         previous = through_joint()
                     noisy = job.noise_amp * unit + previous
                 with autocast:
-                    fake = gen(noisy, previous)
+                    fake = run(noisy, previous)
                 g_adv = objective.generator_term(fake)
                 g_adv.backward()  # before the reconstruction is built: not two graphs at once
                 with autocast, torch.set_grad_enabled(config.alpha > 0):
                     if path is not None:  # through the joint scales as they are now
                         rec_previous = path.reconstruction()
-                    rec = F.mse_loss(gen(rec_noise + rec_previous, rec_previous).float(), real)
+                    rec = F.mse_loss(run(rec_noise + rec_previous, rec_previous).float(), target)
                 if config.alpha > 0:
                     (config.alpha * rec).backward()
                 opt_g.step()

@@ -83,7 +83,15 @@ class Generator(nn.Module):
         self.tail = nn.Conv2d(spec.width, spec.channels, spec.kernel_size)
 
     def forward(self, x: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, [self.spec.pad] * 4, mode=PAD_MODES[self.spec.padding])
+        return self.residual(self.pad_input(x), up)
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the ``spec.pad`` px margin the unpadded convolutions consume."""
+        return F.pad(x, [self.spec.pad] * 4, mode=PAD_MODES[self.spec.padding])
+
+    def residual(self, padded: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``up`` plus the detail computed from an input already padded by ``spec.pad`` px
+        (a window of :meth:`pad_input`'s output gives that window of :meth:`forward`'s)."""
         return up + torch.tanh(self.tail(self.features(padded)))
 
 
