@@ -195,9 +195,10 @@ def train(
         "learning rate of the scale below; needs --norm instance or none [default: 1, one "
         "scale at a time; --preset concurrent 2].", show_default=False)] = None,
     crop: Annotated[int | None, typer.Option(
-        "--crop", help="Train each scale larger than N px on a random N x N window of it, a "
-        "new one every iteration (the losses of a window estimate the whole scale's at a "
-        "fraction of the cost); samples stay whole-scale [default: 0, the whole scale].",
+        "--crop", help="Train each scale larger than N px on a random N x N window of it (a "
+        "side shorter than N whole), a new one every iteration (the losses of a window "
+        "estimate the whole scale's at a fraction of the cost); samples stay whole-scale "
+        "[default: 0, the whole scale].",
         show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
         "--lr", help="Adam learning rate of the generator and (wgan-gp) critic [default: 5e-4].",

@@ -166,12 +166,15 @@ class TrainConfig:
             would change its meaning).
         concurrent_lr_scale: see ``concurrent``.
         crop: train each scale larger than ``crop`` px on a random ``crop x crop`` window of
-            it, a new one every iteration (0 = the whole scale, as the paper). The networks
+            it (a side shorter than ``crop`` taken whole), a new one every iteration (0 = the
+            whole scale, as the paper). The networks
             are fully convolutional and the critic scores 11-px patches, so a window's losses
             estimate the whole scale's at a fraction of the cost; the generator's input keeps
             its real margin (the window's output is exactly that part of the whole scale's
-            when the norm does not depend on the window: ``none``). The random paths, the
-            reconstruction entering the scale and the noise amplitude stay whole-scale.
+            when the norm does not depend on the window: ``none``; instance and batch norm
+            take the window's statistics). The random paths, the reconstruction entering the
+            scale and the noise amplitude stay whole-scale; the recorded ``rec_loss`` is the
+            window's. ``aligned-nn`` (fixed locations) is refused with a window.
     """
 
     iters: int = 2000
@@ -231,14 +234,14 @@ class TrainConfig:
         if self.concurrent > 1 and self.norm == "batch":
             raise ConfigError("concurrent training (concurrent > 1) needs --norm instance or "
                               "none: a coarser scale's frozen batch norm cannot train on")
-        field = self.num_layers * (self.kernel_size - 1) + 1
-        if self.crop and self.crop <= field:
-            raise ConfigError(f"crop must be 0 (the whole scale) or larger than the critic's "
-                              f"{field} px receptive field, got {self.crop}")
         if self.max_nfc < self.nfc:
             raise ConfigError(f"max_nfc ({self.max_nfc}) must not be smaller than nfc ({self.nfc})")
         if self.num_layers < 2 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ConfigError("num_layers must be at least 2 and kernel_size a positive odd number")
+        field = self.num_layers * (self.kernel_size - 1) + 1
+        if self.crop and self.crop <= field:
+            raise ConfigError(f"crop must be 0 (the whole scale) or larger than the networks' "
+                              f"{field} px receptive field, got {self.crop}")
         validate_geometry(self.min_size, self.max_size, self.scale_factor)
         if self.min_size <= self.num_layers * (self.kernel_size - 1):
             raise ConfigError(f"min_size {self.min_size} px is not larger than the critic's "
@@ -252,6 +255,12 @@ class TrainConfig:
         if self.patch_size > self.min_size:
             raise ConfigError(f"patch_size {self.patch_size} px is larger than the coarsest "
                               f"scale (min_size {self.min_size} px)")
+        if self.crop and self.loss == "aligned-nn":
+            raise ConfigError("loss aligned-nn compares each patch with the scan's patch at the "
+                              "same place, which a window moves: use crop 0 with it")
+        if self.crop and self.loss != DEFAULT_LOSS and self.patch_size > self.crop:
+            raise ConfigError(f"patch_size {self.patch_size} px is larger than the "
+                              f"{self.crop} px crop window")
         if self.patches < 2:
             raise ConfigError(f"patches must be at least 2 (the Fréchet loss's covariance "
                               f"needs two), got {self.patches}")
@@ -387,7 +396,8 @@ class _Window:
     that part of a whole-scale tensor; :meth:`generate` runs the generator on it alone, its
     input cut with the real margin (that part of the whole padded input).
 
-    A window's first row is drawn uniformly from ``1 - crop .. H - 1`` and clamped into the
+    A window's first row is drawn uniformly from ``1 - h .. H - 1`` (``h = min(crop, H)``,
+    the window's height) and clamped into the
     scale (columns alike): every pixel, the border's and the corners' too, then lies in a
     window at least as often as the centre's (uniform positions inside the scale would give
     a corner one window in ``(H - crop + 1) (W - crop + 1)``, leaving the generator's border

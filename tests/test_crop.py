@@ -105,6 +105,28 @@ def test_scales_larger_than_crop_train_on_windows_and_the_others_as_before(
     assert torch.isfinite(reloaded.reconstruct(0)).all()
 
 
+def test_a_scale_narrower_than_crop_trains_on_windows_of_its_whole_width(ct_image, tmp_path,
+                                                                          monkeypatch):
+    tall = ct_image[..., :, 20:100]  # 128 x 80 of the real CT: scales 48 x 30, 39 x 24, ...
+    seen = _critic_inputs(monkeypatch)
+    run = train(tall, TrainConfig(**TINY | {"crop": 40, "min_size": 20}), tmp_path / "run",
+                progress=False)
+    assert run.shapes[0] == (48, 30)
+    # the finest scale (48 px high) trains on 40 x 30 windows, the others (<= 40 px) whole
+    assert set(seen) == {(40, 30), *run.shapes[1:]}
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"loss": "aligned-nn"}, "aligned-nn"),
+    ({"loss": "nn-patch", "patch_size": 21, "min_size": 25}, "larger than the 16 px crop"),
+    ({"kernel_size": 4}, "kernel_size"),  # the kernel's error, not a receptive field's
+])
+def test_a_crop_that_cannot_train_is_a_one_line_config_error(options, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        TrainConfig(**TINY | {"crop": 16} | options).validate()
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("crop", [5, 11, -1])
 def test_a_crop_within_the_receptive_field_is_a_one_line_config_error(crop):
     with pytest.raises(ConfigError, match="receptive field") as info:
@@ -120,7 +142,7 @@ def test_batched_training_refuses_cropped_runs(ct_image, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_the_command_line_trains_on_windows_and_records_them(tmp_path):
+def test_the_command_line_refuses_a_bad_crop_and_records_a_good_one(tmp_path):
     scan = dicom_file("CT_small.dcm")
     result = run_cli("train", scan, "--crop", "8", "--out", tmp_path / "bad")
     assert_one_line_error(result, "receptive field")
