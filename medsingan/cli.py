@@ -196,7 +196,7 @@ def train(
         "scale at a time; --preset concurrent 2].", show_default=False)] = None,
     crop: Annotated[int | None, typer.Option(
         "--crop", help="Train each scale larger than N px on a random N x N window of it (a "
-        "side shorter than N whole), a new one every iteration (the losses of a window "
+        "side shorter than N taken whole), a new one every iteration (the losses of a window "
         "estimate the whole scale's at a fraction of the cost); samples stay whole-scale "
         "[default: 0, the whole scale].",
         show_default=False)] = None,
