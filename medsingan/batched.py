@@ -11,7 +11,10 @@ that model's own gradient; Adam works element by element, so one Adam over the s
 takes the K models' own steps. Each model draws its noise from its own seeded streams, in the
 order :mod:`medsingan.train` does, and keeps its own noise amplitudes, history, scores and run
 directory: training K models batched gives each the weights it gets trained alone (up to
-float rounding).
+float rounding). With concurrent scales (ConSinGAN, ``config.concurrent > 1``) the coarser
+grouped generators of :func:`~medsingan.train.joint_scales` train on inside the grouped frozen
+pyramid, each at its own learning rate, and are split back into the K models after the scale.
+Runs with a ``--crop`` window or a critic-free loss train alone (:func:`why_not_batchable`).
 
 What it saves is launch and interpreter overhead: the small convolutions of SinGAN's coarse
 scales leave a CPU or GPU mostly idle, and K of them in one launch keep it busy.
@@ -23,7 +26,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ from medsingan.train import (
     _save_curves,
     _save_scale,
     _trim_heap,
+    joint_scales,
     open_run,
 )
 
@@ -150,18 +154,60 @@ class _GroupScale:
     rngs: list[torch.Generator]
 
 
+def _path_noises(group: _GroupScale) -> list[torch.Tensor]:
+    """A fresh random path's unit noise, coarsest scale first: each model's drawn from its own
+    stream in the order the single-model trainer draws it."""
+    frozen = group.frozen
+    return [_stack([draw_noise((1, group.channels, *frozen.shapes[s]), rng, frozen.device)
+                    for rng in group.rngs])
+            for s in range(frozen.coarsest, group.scale, -1)]
+
+
 def _random_previous(group: _GroupScale) -> torch.Tensor:
-    """Each model's up-sampled output of its frozen coarser scales on a fresh random path,
-    its noise drawn from its own stream in the order the single-model trainer draws it."""
+    """Each model's up-sampled output of its frozen coarser scales on a fresh random path."""
     frozen, scale = group.frozen, group.scale
     if scale == frozen.coarsest:
         return torch.zeros_like(group.rec_previous)
-    noises = [_stack([draw_noise((1, group.channels, *frozen.shapes[s]), rng, frozen.device)
-                      for rng in group.rngs])
-              for s in range(frozen.coarsest, scale, -1)]
+    noises = _path_noises(group)
     with torch.no_grad():
         coarse = frozen.forward_scales(frozen.coarsest, scale + 1, noises)
     return resize(coarse, frozen.shapes[scale])
+
+
+class _GroupJointPath:
+    """:class:`medsingan.train._JointPath` for K models: the grouped coarser scales from
+    ``top`` down to the one above the scale in training run with gradients (they train on
+    through its losses), the frozen ones above ``top`` without."""
+
+    def __init__(self, group: _GroupScale, top: int) -> None:
+        self.group, self.top = group, top
+        frozen = group.frozen
+        self.rec_frozen = None if top == frozen.coarsest else frozen.reconstruct(top + 1)
+
+    def _through_joint(self, noises: list[torch.Tensor], previous: torch.Tensor | None
+                       ) -> torch.Tensor:
+        frozen, scale = self.group.frozen, self.group.scale
+        out = frozen.forward_scales(self.top, scale + 1, noises, previous=previous)
+        return resize(out, frozen.shapes[scale])
+
+    def reconstruction(self) -> torch.Tensor:
+        """Each model's up-sampled reconstruction entering the scale, through the joint scales."""
+        frozen = self.group.frozen
+        noises = [frozen.reconstruction_noise(s) for s in range(self.top, self.group.scale, -1)]
+        return self._through_joint(noises, self.rec_frozen)
+
+    def random(self) -> Callable[[], torch.Tensor]:
+        """A fresh random path (its noise drawn as :func:`_random_previous` draws it); returns
+        the function computing its up-sampled output through the joint scales."""
+        frozen = self.group.frozen
+        noises = _path_noises(self.group)
+        frozen_count = frozen.coarsest - self.top
+        previous = None
+        if frozen_count:
+            with torch.no_grad():
+                previous = frozen.forward_scales(frozen.coarsest, self.top + 1,
+                                                 noises[:frozen_count])
+        return lambda: self._through_joint(noises[frozen_count:], previous)
 
 
 def _gradient_penalty(group: _GroupScale, fake: torch.Tensor) -> torch.Tensor:
@@ -177,26 +223,54 @@ def _gradient_penalty(group: _GroupScale, fake: torch.Tensor) -> torch.Tensor:
 
 def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporter
                        ) -> list[list[dict[str, float]]]:
-    """:func:`medsingan.train._train_scale` for K models at once; their history rows."""
+    """:func:`medsingan.train._train_scale` for K models at once; their history rows. With
+    concurrent scales the grouped coarser scales of :func:`~medsingan.train.joint_scales`
+    train on (in place, in ``group.frozen``)."""
+    k, frozen = group.k, group.frozen
+    gen, critic = group.generator.train(), group.critic.train()
+    joint = joint_scales(group.scale, frozen.coarsest, config)
+    path = _GroupJointPath(group, joint[-1]) if joint else None
+    opt_g = torch.optim.Adam(
+        [{"params": gen.parameters(), "lr": config.lr_g},
+         *({"params": frozen.generators[s].train().requires_grad_(True).parameters(),
+            "lr": config.lr_g * config.concurrent_lr_scale ** (s - group.scale)} for s in joint)],
+        betas=config.betas)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
+    rec_noise = group.amps * frozen.reconstruction_noise(group.scale)
+    rec_previous = group.rec_previous
+    rows: list[list[dict[str, float]]] = [[] for _ in range(k)]
+    try:
+        _iterate(group, config, report, gen, critic, (opt_g, opt_d), path, rec_noise,
+                 rec_previous, rows)
+    finally:
+        for s in joint:
+            frozen.generators[s].eval().requires_grad_(False)
+    return rows
+
+
+def _iterate(group: _GroupScale, config: TrainConfig, report: _Reporter, gen: Generator,
+             critic: Discriminator, optimisers: tuple[torch.optim.Optimizer, ...],
+             path: _GroupJointPath | None, rec_noise: torch.Tensor, rec_previous: torch.Tensor,
+             rows: list[list[dict[str, float]]]) -> None:
+    """The iterations of :func:`_train_group_scale`, appending each model's rows to ``rows``."""
     k, real = group.k, group.real
     autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
-    gen, critic = group.generator.train(), group.critic.train()
-    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
+    opt_g, opt_d = optimisers
     drop_at = math.ceil(config.lr_drop_at * config.iters)
-    rec_noise = group.frozen.reconstruction_noise(group.scale)
-    rec_input = group.amps * rec_noise + group.rec_previous
-    rows: list[list[dict[str, float]]] = [[] for _ in range(k)]
     critic_steps = 0
     gp = torch.zeros(k, device=real.device)
     start = time.perf_counter()
     for it in range(config.iters):
         if it == drop_at:
-            for opt in (opt_g, opt_d):
+            for opt in optimisers:
                 for param_group in opt.param_groups:
                     param_group["lr"] *= config.lr_drop_factor
         with autocast:
-            previous = _random_previous(group)
+            if path is None:
+                previous = _random_previous(group)
+            else:  # with gradients: the first generator step back-propagates through it
+                through_joint = path.random()
+                previous = through_joint()
         noise = _stack([draw_noise((1, group.channels, *real.shape[-2:]), rng, real.device)
                         for rng in group.rngs])
         noisy = group.amps * noise + previous
@@ -221,13 +295,20 @@ def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporte
             critic_steps += 1
             opt_d.step()
         critic.requires_grad_(False)
-        for _ in range(config.g_steps):
+        for step in range(config.g_steps):
             opt_g.zero_grad(set_to_none=True)
+            if path is not None and step > 0:  # the joint scales changed at the last step
+                with autocast:
+                    previous = through_joint()
+                noisy = group.amps * noise + previous
             with autocast:
                 g_adv = -per_model_mean(critic(gen(noisy, previous)), k)
             g_adv.sum().backward()
             with autocast, torch.set_grad_enabled(config.alpha > 0):
-                rec = per_model_mean((gen(rec_input, group.rec_previous).float() - real) ** 2, k)
+                if path is not None:  # through the joint scales as they are now
+                    rec_previous = path.reconstruction()
+                rec = per_model_mean(
+                    (gen(rec_noise + rec_previous, rec_previous).float() - real) ** 2, k)
             if config.alpha > 0:
                 (config.alpha * rec).sum().backward()
             opt_g.step()
@@ -240,7 +321,6 @@ def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporte
                                 "rec_loss": r, "gp": p, "lr": lr, "seconds": seconds})
             report.advance(it + 1, {key: sum(r[-1][key] for r in rows) / k
                                     for key in ("d_loss", "g_adv", "rec_loss")})
-    return rows
 
 
 def batch_key(image: torch.Tensor, config: TrainConfig) -> tuple[Any, ...]:
@@ -255,9 +335,6 @@ def batch_key(image: torch.Tensor, config: TrainConfig) -> tuple[Any, ...]:
 
 def why_not_batchable(config: TrainConfig) -> str | None:
     """Why a model trained with ``config`` cannot share a batch (one line), or ``None``."""
-    if config.concurrent > 1:
-        return ("batched training trains one scale at a time (concurrent 1): train concurrent "
-                "scales one model at a time")
     if config.crop:
         return ("batched training trains on whole scales (crop 0): train cropped runs one "
                 "model at a time")
@@ -361,6 +438,8 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
             seconds = time.perf_counter() - started
             split_network(group.generator, [g for g, _ in nets])
             split_network(group.critic, [d for _, d in nets])
+            for s in joint_scales(scale, coarsest, config):  # trained on with this scale
+                split_network(frozen.generators[s], [m.pyramid.generators[s] for m in models])
             frozen.generators[scale] = group.generator.eval().requires_grad_(False)
             frozen.noise_amps[scale] = group.amps
             for model, (generator, critic), (_, amp), model_rows in zip(

@@ -52,7 +52,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 BatchModelsOpt = Annotated[int, typer.Option(
     "--batch-models", help="Train up to K scans of one size and one preset together as one "
     "batched network per task (each keeps its own run, weights as if trained alone); runs "
-    "with an explicit --loss or concurrent scales (--preset concurrent) train alone.")]
+    "with an explicit --loss or a --crop window train alone.")]
 
 
 def _executing(workers: int, scheduler: str | None, gpus: int, retries: int, quiet: bool):

@@ -385,10 +385,10 @@ class _JointPath:
         return lambda: self._through_joint(noises[frozen_count:], frozen)
 
 
-def _joint_scales(job: _ScaleJob, config: TrainConfig) -> list[int]:
-    """The coarser scales that train on with ``job.scale`` (``config.concurrent - 1`` of them,
+def joint_scales(scale: int, coarsest: int, config: TrainConfig) -> list[int]:
+    """The coarser scales that train on with ``scale`` (``config.concurrent - 1`` of them,
     fewer near the coarsest), finest first."""
-    return list(range(job.scale + 1, min(job.scale + config.concurrent, job.pyramid.coarsest + 1)))
+    return list(range(scale + 1, min(scale + config.concurrent, coarsest + 1)))
 
 
 class _Window:
@@ -508,7 +508,7 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
     objective: _CriticObjective | _PatchObjective = (
         _PatchObjective(real, config, job.rng) if job.critic is None
         else _CriticObjective(job.critic, real, config, job.rng, autocast))
-    joint = _joint_scales(job, config)
+    joint = joint_scales(job.scale, job.pyramid.coarsest, config)
     path = _JointPath(job, joint[-1]) if joint else None
     # the joint scales: the learning rate shrinks by concurrent_lr_scale per scale up
     opt_g = torch.optim.Adam(

@@ -40,10 +40,14 @@ def _psnr(pyramid: TrainedPyramid) -> float:
     return 10 * math.log10(4 / mse)  # the images span [-1, 1]
 
 
-def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path):
+@pytest.mark.parametrize("concurrent", [1, 2, 3])
+def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path, concurrent):
+    """Every scale's generator, including (with concurrent scales, ConSinGAN) the coarser ones
+    that train on with the finer scales: 2 joint above scale 0 with concurrent 3, one joint
+    below a frozen one with concurrent 2."""
     # norm none: every weight has a real gradient (see the float64 test for batch norm)
     config = TrainConfig(iters=2, max_size=32, min_size=25, norm="none", device="cpu",
-                         log_every=1)
+                         log_every=1, concurrent=concurrent)
     configs = [config, TrainConfig(**{**config.to_dict(), "betas": config.betas, "seed": 7}),
                config]
     alone = [train(image, cfg, tmp_path / f"alone{k}", progress=False)
@@ -57,10 +61,13 @@ def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path
             assert together.noise_amps[scale] == pytest.approx(single.noise_amps[scale],
                                                                rel=1e-5)
         reloaded = load_run(run_dir)  # a complete, ordinary run directory
-        assert reloaded.is_complete
+        assert reloaded.is_complete and reloaded.metadata["train"]["concurrent"] == concurrent
         assert torch.allclose(reloaded.reconstruct(0), single.reconstruct(0), atol=1e-5)
         assert (run_dir / "samples_scale_0.png").is_file() and (run_dir / "curves.png").is_file()
         assert reloaded.metadata["progress"]["0"]["batch_models"] == 3
+    if concurrent > 1:  # the coarser scales did train on: not the weights they had when done
+        early = train(three_scans[0], config, tmp_path / "early", progress=False, last_scale=2)
+        assert _max_difference(early.generators[2], batched[0].generators[2]) > 1e-4
     # the seeds are the models' own: the model with seed 7 differs from the same scan at seed 0
     other = train(three_scans[1], config, tmp_path / "seed0", progress=False, last_scale=2)
     assert _max_difference(other.generators[2], batched[1].generators[2]) > 1e-3
@@ -192,13 +199,13 @@ def test_cohort_train_batches_scans_of_one_geometry_and_trains_the_rest_alone(tm
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize(("preset", "loss", "concurrent"),
-                         [("fast", "aligned-nn", 1), ("concurrent", "wgan-gp", 2)])
-def test_cohort_train_with_an_explicit_loss_or_concurrent_scales_trains_each_model_alone(
-        tmp_path, preset, loss, concurrent):
-    """A critic-free loss cannot share the grouped critic step, nor concurrent scales the
-    batched one-scale step: --batch-models leaves such runs to the single-model trainer,
-    which records them (CT_small and MR_small would otherwise share a batch)."""
+@pytest.mark.parametrize(("preset", "loss", "concurrent", "together"),
+                         [("fast", "aligned-nn", 1, False), ("concurrent", "wgan-gp", 2, True)])
+def test_cohort_train_batches_concurrent_scales_and_trains_an_explicit_loss_alone(
+        tmp_path, preset, loss, concurrent, together):
+    """CT_small and MR_small share one geometry: with --preset concurrent they train as one
+    batch; a critic-free loss cannot share the grouped critic step, so --batch-models leaves
+    such runs to the single-model trainer. Each run records its settings."""
     import shutil
 
     import pandas as pd
@@ -216,15 +223,16 @@ def test_cohort_train_with_an_explicit_loss_or_concurrent_scales_trains_each_mod
     overrides = {"iters": 2, "max_size": 32} | ({"loss": loss} if preset == "fast" else {})
     tasks = train_tasks(manifest, tmp_path / "runs", speed_preset=preset, overrides=overrides)
     batches, _ = batch_train_tasks(tasks, 2)
-    assert [len(batch.tasks) for batch in batches] == [1, 1]  # a batch each
+    assert [len(batch.tasks) for batch in batches] == ([2] if together else [1, 1])
     report = cohort_train(manifest, tmp_path / "runs", executing=Executing(progress=False),
                           batch_models=2, speed_preset=preset, overrides=overrides)
     assert [r.status for r in report.results] == ["trained"] * 2, report.results
     for result in report.results:
         pyramid = load_run(tmp_path / "runs" / result.name)
+        assert pyramid.is_complete
         assert pyramid.metadata["train"]["loss"] == loss
         assert pyramid.metadata["train"]["concurrent"] == concurrent
-        assert "batch_models" not in pyramid.metadata["progress"]["0"]
+        assert pyramid.metadata["progress"]["0"].get("batch_models", 1) == (2 if together else 1)
 
 
 def test_a_batch_of_batch_norm_runs_resumes_to_the_uninterrupted_weights(three_scans, tmp_path):
