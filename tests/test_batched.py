@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from medsingan.batched import _GroupScale, _train_group_scale, group_networks, train_batch
+from medsingan.batched import (
+    _amps,
+    _GroupScale,
+    _train_group_scale,
+    group_networks,
+    train_batch,
+)
 from medsingan.errors import ConfigError
 from medsingan.model.blocks import init_weights
 from medsingan.model.container import TrainedPyramid
@@ -16,7 +23,15 @@ from medsingan.model.networks import Discriminator, Generator
 from medsingan.model.noise import Stream, draw_noise, seeded_generator
 from medsingan.pyramid import build_image_pyramid, pyramid_shapes, resize
 from medsingan.runs import prepare_training, train_scan
-from medsingan.train import TrainConfig, _Reporter, _ScaleJob, _train_scale, load_run, train
+from medsingan.train import (
+    TrainConfig,
+    _reconstruction_start,
+    _Reporter,
+    _ScaleJob,
+    _train_scale,
+    load_run,
+    train,
+)
 from tests.conftest import dicom_file, nifti_file
 
 
@@ -46,8 +61,9 @@ def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path
     that train on with the finer scales: 2 joint above scale 0 with concurrent 3, one joint
     below a frozen one with concurrent 2."""
     # norm none: every weight has a real gradient (see the float64 test for batch norm)
+    # lr_drop_at 0.5: the learning-rate drop (every Adam group's) after the first iteration
     config = TrainConfig(iters=2, max_size=32, min_size=25, norm="none", device="cpu",
-                         log_every=1, concurrent=concurrent)
+                         log_every=1, concurrent=concurrent, lr_drop_at=0.5)
     configs = [config, TrainConfig(**{**config.to_dict(), "betas": config.betas, "seed": 7}),
                config]
     alone = [train(image, cfg, tmp_path / f"alone{k}", progress=False)
@@ -73,18 +89,14 @@ def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path
     assert _max_difference(other.generators[2], batched[1].generators[2]) > 1e-3
 
 
-@pytest.mark.parametrize("norm", ["batch", "instance"])
-def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scans, norm):
-    """The paper's batch norm and the fast preset's instance norm, one iteration of the
-    coarsest scale: every weight within 1e-5, in float64. (In float32 the conv biases before
-    a norm, whose gradient is zero up to rounding, and other weights with tiny gradients take
-    Adam steps of +-lr whose sign is the rounding's, in either trainer.)"""
-    config = TrainConfig(iters=1, max_size=32, min_size=25, norm=norm, device="cpu")
+def _coarsest_in_float64(three_scans, config: TrainConfig):
+    """The three scans' coarsest scale in float64, set up for the single-model trainer (each
+    model's pyramid and networks, seeded as :func:`medsingan.train.train` seeds them) and as
+    one group of :mod:`medsingan.batched` built from copies of the same networks."""
     shapes = pyramid_shapes(32, 32, config.min_size, config.max_size, config.scale_factor)
     coarsest = len(shapes) - 1
     spec = config.net_spec(1, 0)
-    report = _Reporter(False, len(shapes), config.iters)
-    singles, pyramids = [], []
+    pyramids = []
     for k, image in enumerate(three_scans):
         reals = [r.double() for r in build_image_pyramid(image, shapes)]
         z_star = draw_noise((1, 1, *shapes[-1]), seeded_generator(k, Stream.RECONSTRUCTION))
@@ -92,7 +104,6 @@ def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scan
         nets = Generator(spec).double(), Discriminator(spec).double()
         for net in nets:
             init_weights(net, seeded_generator(k, Stream.INIT, coarsest))
-        singles.append([{key: v.clone() for key, v in net.state_dict().items()} for net in nets])
         pyramids.append((pyramid, nets))
     group = _GroupScale(
         coarsest, 3, 1,
@@ -105,19 +116,95 @@ def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scan
         torch.ones(1, 3, 1, 1, dtype=torch.float64),
         torch.zeros(1, 3, *shapes[-1], dtype=torch.float64),
         [seeded_generator(k, Stream.TRAIN_NOISE, coarsest) for k in range(3)])
-    _train_group_scale(group, config, report)
+    return coarsest, pyramids, group
+
+
+def _train_alone(scale: int, pyramid: TrainedPyramid, nets, amp: float,
+                 rec_previous: torch.Tensor, config: TrainConfig, k: int) -> None:
+    """Model ``k``'s ``scale`` trained by the single-model trainer, in place."""
+    generator, critic = nets
+    job = _ScaleJob(scale, pyramid, generator, critic, amp, rec_previous,
+                    seeded_generator(k, Stream.TRAIN_NOISE, scale))
+    _train_scale(job, config, _Reporter(False, len(pyramid.reals), config.iters))
+
+
+def _assert_parts_equal(alone: torch.nn.Module, grouped: torch.nn.Module, k: int,
+                        atol: float) -> None:
+    for key, value in alone.state_dict().items():
+        ours = grouped.state_dict()[key]
+        part = ours.chunk(3)[k] if ours.ndim else ours
+        assert torch.allclose(part, value, atol=atol, rtol=0), key
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scans, norm):
+    """The paper's batch norm and the fast preset's instance norm, one iteration of the
+    coarsest scale: every weight within 1e-5, in float64. (In float32 the conv biases before
+    a norm, whose gradient is zero up to rounding, and other weights with tiny gradients take
+    Adam steps of +-lr whose sign is the rounding's, in either trainer.)"""
+    config = TrainConfig(iters=1, max_size=32, min_size=25, norm=norm, device="cpu")
+    coarsest, pyramids, group = _coarsest_in_float64(three_scans, config)
+    initial = [{key: v.clone() for key, v in g.state_dict().items()} for _, (g, _) in pyramids]
+    _train_group_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
     for k, (pyramid, (generator, critic)) in enumerate(pyramids):
-        job = _ScaleJob(coarsest, pyramid, generator, critic, config.coarsest_noise_amp,
-                        torch.zeros_like(pyramid.reals[coarsest]),
-                        seeded_generator(k, Stream.TRAIN_NOISE, coarsest))
-        _train_scale(job, config, report)
-        for alone, grouped in ((generator, group.generator), (critic, group.critic)):
-            for key, value in alone.state_dict().items():
-                ours = grouped.state_dict()[key]
-                part = ours.chunk(3)[k] if ours.ndim else ours
-                assert torch.allclose(part, value, atol=1e-5, rtol=0), key
-        assert any(not torch.equal(value, singles[k][0][key])  # it did train
+        _train_alone(coarsest, pyramid, (generator, critic), config.coarsest_noise_amp,
+                     torch.zeros_like(pyramid.reals[coarsest]), config, k)
+        _assert_parts_equal(generator, group.generator, k, 1e-5)
+        _assert_parts_equal(critic, group.critic, k, 1e-5)
+        assert any(not torch.equal(value, initial[k][key])  # it did train
                    for key, value in generator.state_dict().items())
+
+
+@pytest.fixture
+def float64_default():
+    """Tensors made without a dtype (the random paths' noise) in float64, for one test."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_concurrent_batched_scales_equal_the_single_ones_in_float64(three_scans,
+                                                                   float64_default):
+    """Instance norm, two scales at a time (``--preset concurrent``), in float64: the coarsest
+    scale, then the next with the coarsest training on through its losses, two iterations
+    of two generator steps each and the learning-rate drop after the first. That
+    scale's networks and the coarsest generator (which moved again) within 1e-6 of the
+    single-model trainer's, for each of the three models (2e-8 measured: float64
+    rounding, grown by Adam's steps for weights whose gradient is near zero)."""
+    config = TrainConfig(iters=2, max_size=32, min_size=25, norm="instance", concurrent=2,
+                         g_steps=2, lr_drop_at=0.5, device="cpu")
+    coarsest, pyramids, group = _coarsest_in_float64(three_scans, config)
+    scale = coarsest - 1  # trains with the coarsest
+    _train_group_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
+    frozen = group.frozen
+    frozen.generators[coarsest] = group.generator.eval().requires_grad_(False)
+    frozen.noise_amps[coarsest] = group.amps
+    starts, finest_nets = [], []
+    for k, (pyramid, nets) in enumerate(pyramids):
+        _train_alone(coarsest, pyramid, nets, config.coarsest_noise_amp,
+                     torch.zeros_like(pyramid.reals[coarsest]), config, k)
+        pyramid.generators[coarsest] = nets[0].eval().requires_grad_(False)
+        pyramid.noise_amps[coarsest] = config.coarsest_noise_amp
+        starts.append(_reconstruction_start(pyramid, scale, config))
+        # the scale starts from copies of the coarsest's networks (same widths)
+        finest_nets.append(tuple(copy.deepcopy(net).train() for net in nets))
+    before = copy.deepcopy(frozen.generators[coarsest].state_dict())
+    finest = _GroupScale(
+        scale, 3, 1, frozen, group_networks([g for g, _ in finest_nets]),
+        group_networks([d for _, d in finest_nets]), frozen.reals[scale],
+        _amps([amp for _, amp in starts], 1, frozen.z_star),
+        torch.cat([previous for previous, _ in starts], 1),
+        [seeded_generator(k, Stream.TRAIN_NOISE, scale) for k in range(3)])
+    _train_group_scale(finest, config, _Reporter(False, coarsest + 1, config.iters))
+    moved = frozen.generators[coarsest].state_dict()
+    assert max(float((moved[key] - value).abs().max()) for key, value in before.items()) > 1e-4
+    for k, ((pyramid, _), nets, (_, amp)) in enumerate(zip(pyramids, finest_nets, starts,
+                                                             strict=True)):
+        _train_alone(scale, pyramid, nets, amp, starts[k][0], config, k)
+        _assert_parts_equal(nets[0], finest.generator, k, 1e-6)
+        _assert_parts_equal(nets[1], finest.critic, k, 1e-6)
+        _assert_parts_equal(pyramid.generators[coarsest], frozen.generators[coarsest], k, 1e-6)
 
 
 def test_tiny_full_runs_reach_the_same_reconstruction_batched_and_alone(three_scans, tmp_path):

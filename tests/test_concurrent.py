@@ -129,10 +129,10 @@ def test_bad_concurrent_settings_are_one_line_config_errors(option):
 def test_batched_concurrent_instance_norm_runs_reconstruct_as_the_runs_trained_alone(
         ct_image, tmp_path):
     """Two seeds of the CT slice with instance norm (as ``--preset concurrent`` trains) in one
-    batch reconstruct the slice within 1 dB of the same seeds trained alone. (Weight for weight
+    batch reconstruct the slice within 0.5 dB of the same seeds trained alone. (Weight for weight
     they are equal only up to float32 rounding grown by Adam: the conv biases before a norm
-    have a zero gradient up to rounding; tests/test_batched.py checks the weights with norm
-    none and one iteration in float64.)"""
+    have a zero gradient up to rounding; tests/test_batched.py checks the weights of concurrent
+    scales with norm none in float32 and with instance norm in float64.)"""
     configs = [TrainConfig(**TINY | {"concurrent": 2, "seed": s}) for s in (0, 1)]
     batched = train_batch([ct_image, ct_image], configs, [tmp_path / "a", tmp_path / "b"],
                           progress=False)
@@ -144,7 +144,7 @@ def test_batched_concurrent_instance_norm_runs_reconstruct_as_the_runs_trained_a
     for k, config in enumerate(configs):
         alone = train(ct_image, config, tmp_path / f"alone{k}", progress=False)
         assert torch.equal(batched[k].reals[0], alone.reals[0])
-        assert psnr(batched[k]) == pytest.approx(psnr(alone), abs=1.0)
+        assert psnr(batched[k]) == pytest.approx(psnr(alone), abs=0.5)
         reloaded = load_run(tmp_path / "ab"[k])
         assert reloaded.is_complete and reloaded.metadata["train"]["concurrent"] == 2
     # the seeds are each model's own: the two runs of one scan differ
