@@ -26,7 +26,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from medsingan.pyramid import pyramid_shapes, resize
 from medsingan.train import (
     CURVES_REDRAW_SECONDS,
     DEFAULT_LOSS,
+    JointPath,
     OpenedRun,
     TrainConfig,
     _check_image,
@@ -174,42 +175,6 @@ def _random_previous(group: _GroupScale) -> torch.Tensor:
     return resize(coarse, frozen.shapes[scale])
 
 
-class _GroupJointPath:
-    """:class:`medsingan.train._JointPath` for K models: the grouped coarser scales from
-    ``top`` down to the one above the scale in training run with gradients (they train on
-    through its losses), the frozen ones above ``top`` without."""
-
-    def __init__(self, group: _GroupScale, top: int) -> None:
-        self.group, self.top = group, top
-        frozen = group.frozen
-        self.rec_frozen = None if top == frozen.coarsest else frozen.reconstruct(top + 1)
-
-    def _through_joint(self, noises: list[torch.Tensor], previous: torch.Tensor | None
-                       ) -> torch.Tensor:
-        frozen, scale = self.group.frozen, self.group.scale
-        out = frozen.forward_scales(self.top, scale + 1, noises, previous=previous)
-        return resize(out, frozen.shapes[scale])
-
-    def reconstruction(self) -> torch.Tensor:
-        """Each model's up-sampled reconstruction entering the scale, through the joint scales."""
-        frozen = self.group.frozen
-        noises = [frozen.reconstruction_noise(s) for s in range(self.top, self.group.scale, -1)]
-        return self._through_joint(noises, self.rec_frozen)
-
-    def random(self) -> Callable[[], torch.Tensor]:
-        """A fresh random path (its noise drawn as :func:`_random_previous` draws it); returns
-        the function computing its up-sampled output through the joint scales."""
-        frozen = self.group.frozen
-        noises = _path_noises(self.group)
-        frozen_count = frozen.coarsest - self.top
-        previous = None
-        if frozen_count:
-            with torch.no_grad():
-                previous = frozen.forward_scales(frozen.coarsest, self.top + 1,
-                                                 noises[:frozen_count])
-        return lambda: self._through_joint(noises[frozen_count:], previous)
-
-
 def _gradient_penalty(group: _GroupScale, fake: torch.Tensor) -> torch.Tensor:
     """Each model's WGAN-GP penalty (see :func:`medsingan.train.gradient_penalty`), ``(K,)``."""
     a = _amps([float(torch.rand((), generator=rng)) for rng in group.rngs], group.channels,
@@ -229,7 +194,8 @@ def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporte
     k, frozen = group.k, group.frozen
     gen, critic = group.generator.train(), group.critic.train()
     joint = joint_scales(group.scale, frozen.coarsest, config)
-    path = _GroupJointPath(group, joint[-1]) if joint else None
+    path = (JointPath(frozen, group.scale, joint[-1], lambda: _path_noises(group))
+            if joint else None)
     opt_g = torch.optim.Adam(
         [{"params": gen.parameters(), "lr": config.lr_g},
          *({"params": frozen.generators[s].train().requires_grad_(True).parameters(),
@@ -250,7 +216,7 @@ def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporte
 
 def _iterate(group: _GroupScale, config: TrainConfig, report: _Reporter, gen: Generator,
              critic: Discriminator, optimisers: tuple[torch.optim.Optimizer, ...],
-             path: _GroupJointPath | None, rec_noise: torch.Tensor, rec_previous: torch.Tensor,
+             path: JointPath | None, rec_noise: torch.Tensor, rec_previous: torch.Tensor,
              rows: list[list[dict[str, float]]]) -> None:
     """The iterations of :func:`_train_group_scale`, appending each model's rows to ``rows``."""
     k, real = group.k, group.real

@@ -331,51 +331,54 @@ class _ScaleJob:
     rng: torch.Generator
 
 
+def _path_noises(job: _ScaleJob) -> list[torch.Tensor]:
+    """A random path's unit noise into ``job.scale``, coarsest first, from the job's stream."""
+    pyramid = job.pyramid
+    channels = pyramid.z_star.shape[1]
+    return [draw_noise((1, channels, *pyramid.shapes[s]), job.rng, pyramid.device)
+            for s in range(pyramid.coarsest, job.scale, -1)]
+
+
 def _random_previous(job: _ScaleJob) -> torch.Tensor:
     """Up-sampled output of the frozen coarser scales on a fresh random path (no gradients)."""
     pyramid, scale = job.pyramid, job.scale
     if scale == pyramid.coarsest:
         return torch.zeros_like(job.rec_previous)
-    channels = pyramid.z_star.shape[1]
-    noises = [draw_noise((1, channels, *pyramid.shapes[s]), job.rng, pyramid.device)
-              for s in range(pyramid.coarsest, scale, -1)]
     with torch.no_grad():
-        coarse = pyramid.forward_scales(pyramid.coarsest, scale + 1, noises)
+        coarse = pyramid.forward_scales(pyramid.coarsest, scale + 1, _path_noises(job))
     return resize(coarse, pyramid.shapes[scale])
 
 
-class _JointPath:
+class JointPath:
     """ConSinGAN's concurrent stages: the coarser scales ``joint`` (up to ``top``) between the
     frozen ones and the scale in training, run with gradients so that they train on through
     its losses. The frozen scales above ``top`` are run once per random path (and once for the
     reconstruction), without gradients; the joint ones again for every generator step, since
-    each step changes their weights."""
+    each step changes their weights. ``draw_path`` draws a random path's unit noise, coarsest
+    scale first (one model's here; :mod:`medsingan.batched` gives K models' side by side)."""
 
-    def __init__(self, job: _ScaleJob, top: int) -> None:
-        self.job, self.top = job, top
-        pyramid = job.pyramid
+    def __init__(self, pyramid: TrainedPyramid, scale: int, top: int,
+                 draw_path: Callable[[], list[torch.Tensor]]) -> None:
+        self.pyramid, self.scale, self.top, self.draw_path = pyramid, scale, top, draw_path
         # the frozen reconstruction entering ``top`` (None: ``top`` is the coarsest scale)
         self.rec_frozen = None if top == pyramid.coarsest else pyramid.reconstruct(top + 1)
 
     def _through_joint(self, noises: list[torch.Tensor], frozen: torch.Tensor | None
                        ) -> torch.Tensor:
-        pyramid, scale = self.job.pyramid, self.job.scale
-        out = pyramid.forward_scales(self.top, scale + 1, noises, previous=frozen)
-        return resize(out, pyramid.shapes[scale])
+        out = self.pyramid.forward_scales(self.top, self.scale + 1, noises, previous=frozen)
+        return resize(out, self.pyramid.shapes[self.scale])
 
     def reconstruction(self) -> torch.Tensor:
         """The up-sampled reconstruction entering the scale, through the joint scales."""
-        pyramid = self.job.pyramid
-        noises = [pyramid.reconstruction_noise(s) for s in range(self.top, self.job.scale, -1)]
+        noises = [self.pyramid.reconstruction_noise(s)
+                  for s in range(self.top, self.scale, -1)]
         return self._through_joint(noises, self.rec_frozen)
 
     def random(self) -> Callable[[], torch.Tensor]:
-        """A fresh random path, its noise drawn as :func:`_random_previous` draws it; returns
-        the function computing its up-sampled output through the joint scales."""
-        job, pyramid = self.job, self.job.pyramid
-        channels = pyramid.z_star.shape[1]
-        noises = [draw_noise((1, channels, *pyramid.shapes[s]), job.rng, pyramid.device)
-                  for s in range(pyramid.coarsest, job.scale, -1)]
+        """A fresh random path; returns the function computing its up-sampled output through
+        the joint scales."""
+        pyramid = self.pyramid
+        noises = self.draw_path()
         frozen_count = pyramid.coarsest - self.top
         frozen = None
         if frozen_count:
@@ -509,7 +512,8 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
         _PatchObjective(real, config, job.rng) if job.critic is None
         else _CriticObjective(job.critic, real, config, job.rng, autocast))
     joint = joint_scales(job.scale, job.pyramid.coarsest, config)
-    path = _JointPath(job, joint[-1]) if joint else None
+    path = (JointPath(job.pyramid, job.scale, joint[-1], lambda: _path_noises(job))
+            if joint else None)
     # the joint scales: the learning rate shrinks by concurrent_lr_scale per scale up
     opt_g = torch.optim.Adam(
         [{"params": gen.parameters(), "lr": config.lr_g},
