@@ -54,6 +54,7 @@ from medsingan.train import (
     _save_curves,
     _save_scale,
     _trim_heap,
+    generator_optimiser,
     joint_scales,
     open_run,
 )
@@ -196,11 +197,7 @@ def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporte
     joint = joint_scales(group.scale, frozen.coarsest, config)
     path = (JointPath(frozen, group.scale, joint[-1], lambda: _path_noises(group))
             if joint else None)
-    opt_g = torch.optim.Adam(
-        [{"params": gen.parameters(), "lr": config.lr_g},
-         *({"params": frozen.generators[s].train().requires_grad_(True).parameters(),
-            "lr": config.lr_g * config.concurrent_lr_scale ** (s - group.scale)} for s in joint)],
-        betas=config.betas)
+    opt_g = generator_optimiser(gen, frozen, group.scale, joint, config)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
     rec_noise = group.amps * frozen.reconstruction_noise(group.scale)
     rec_previous = group.rec_previous

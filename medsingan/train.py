@@ -394,6 +394,18 @@ def joint_scales(scale: int, coarsest: int, config: TrainConfig) -> list[int]:
     return list(range(scale + 1, min(scale + config.concurrent, coarsest + 1)))
 
 
+def generator_optimiser(generator: torch.nn.Module, pyramid: TrainedPyramid, scale: int,
+                        joint: list[int], config: TrainConfig) -> torch.optim.Adam:
+    """Adam for ``scale``'s generator and the coarser ``joint`` scales training on with it (set
+    to train here), each in a group of its own: the learning rate shrinks by
+    ``concurrent_lr_scale`` per scale up."""
+    return torch.optim.Adam(
+        [{"params": generator.parameters(), "lr": config.lr_g},
+         *({"params": pyramid.generators[s].train().requires_grad_(True).parameters(),
+            "lr": config.lr_g * config.concurrent_lr_scale ** (s - scale)} for s in joint)],
+        betas=config.betas)
+
+
 class _Window:
     """One iteration's random ``crop`` window of a scale (TrainConfig.crop): ``window(t)`` is
     that part of a whole-scale tensor; :meth:`generate` runs the generator on it alone, its
@@ -514,12 +526,7 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
     joint = joint_scales(job.scale, job.pyramid.coarsest, config)
     path = (JointPath(job.pyramid, job.scale, joint[-1], lambda: _path_noises(job))
             if joint else None)
-    # the joint scales: the learning rate shrinks by concurrent_lr_scale per scale up
-    opt_g = torch.optim.Adam(
-        [{"params": gen.parameters(), "lr": config.lr_g},
-         *({"params": job.pyramid.generators[s].train().requires_grad_(True).parameters(),
-            "lr": config.lr_g * config.concurrent_lr_scale ** (s - job.scale)} for s in joint)],
-        betas=config.betas)
+    opt_g = generator_optimiser(gen, job.pyramid, job.scale, joint, config)
     drop_at = math.ceil(config.lr_drop_at * config.iters)
     rec_noise = job.noise_amp * job.pyramid.reconstruction_noise(job.scale)
     rec_previous = job.rec_previous
