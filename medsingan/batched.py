@@ -11,9 +11,12 @@ that model's own gradient; Adam works element by element, so one Adam over the s
 takes the K models' own steps. Each model draws its noise from its own seeded streams, in the
 order :mod:`medsingan.train` does, and keeps its own noise amplitudes, history, scores and run
 directory: training K models batched gives each the weights it gets trained alone (up to
-float rounding). With concurrent scales (ConSinGAN, ``config.concurrent > 1``) the coarser
-grouped generators of :func:`~medsingan.train.joint_scales` train on inside the grouped frozen
-pyramid, each at its own learning rate, and are split back into the K models after the scale.
+float rounding). The iterations are the single-model trainer's own loop
+(:func:`medsingan.train._train_scale`); what differs per model (noise streams, loss means,
+gradient penalty) is :class:`GroupedModels`. With concurrent scales (ConSinGAN,
+``config.concurrent > 1``) the coarser grouped generators of
+:func:`~medsingan.train.joint_scales` train on inside the grouped frozen pyramid, each at its
+own learning rate, and are split back into the K models after the scale.
 Runs with a ``--crop`` window or a critic-free loss train alone (:func:`why_not_batchable`).
 
 What it saves is launch and interpreter overhead: the small convolutions of SinGAN's coarse
@@ -24,12 +27,10 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -40,12 +41,12 @@ from medsingan.model.container import TrainedPyramid
 from medsingan.model.networks import Discriminator, Generator
 from medsingan.model.noise import Stream, draw_noise, seeded_generator
 from medsingan.monitor import MonitorOptions, ScaleScorer, training_sifid
-from medsingan.pyramid import pyramid_shapes, resize
+from medsingan.pyramid import pyramid_shapes
 from medsingan.train import (
     CURVES_REDRAW_SECONDS,
     DEFAULT_LOSS,
-    JointPath,
     OpenedRun,
+    ScaleJob,
     TrainConfig,
     _check_image,
     _init_networks,
@@ -53,8 +54,8 @@ from medsingan.train import (
     _Reporter,
     _save_curves,
     _save_scale,
+    _train_scale,
     _trim_heap,
-    generator_optimiser,
     joint_scales,
     open_run,
 )
@@ -140,150 +141,37 @@ def _amps(values: Sequence[float], channels: int, like: torch.Tensor) -> torch.T
         channels).view(1, -1, 1, 1)
 
 
-@dataclass
-class _GroupScale:
-    """Everything one batched scale needs: the grouped networks and the stacked tensors."""
+class GroupedModels:
+    """:class:`medsingan.train.OneModel` for K grouped models (model ``k`` on channels
+    ``[k*C, (k+1)*C)``): each model's noise from its own stream, each model's loss means and
+    gradient penalty, ``(K,)``."""
 
-    scale: int
-    k: int
-    channels: int
-    frozen: TrainedPyramid  # the grouped frozen coarser scales
-    generator: Generator
-    critic: Discriminator
-    real: torch.Tensor
-    amps: torch.Tensor
-    rec_previous: torch.Tensor
-    rngs: list[torch.Generator]
+    def __init__(self, rngs: Sequence[torch.Generator], channels: int) -> None:
+        self.rngs, self.channels, self.k = list(rngs), channels, len(rngs)
 
+    def noise(self, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """Each model's next unit noise, drawn as the single-model trainer draws it."""
+        return _stack([draw_noise((1, self.channels, *size), rng, device) for rng in self.rngs])
 
-def _path_noises(group: _GroupScale) -> list[torch.Tensor]:
-    """A fresh random path's unit noise, coarsest scale first: each model's drawn from its own
-    stream in the order the single-model trainer draws it."""
-    frozen = group.frozen
-    return [_stack([draw_noise((1, group.channels, *frozen.shapes[s]), rng, frozen.device)
-                    for rng in group.rngs])
-            for s in range(frozen.coarsest, group.scale, -1)]
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return per_model_mean(x, self.k)
 
+    def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return per_model_mean((x.float() - target) ** 2, self.k)
 
-def _random_previous(group: _GroupScale) -> torch.Tensor:
-    """Each model's up-sampled output of its frozen coarser scales on a fresh random path."""
-    frozen, scale = group.frozen, group.scale
-    if scale == frozen.coarsest:
-        return torch.zeros_like(group.rec_previous)
-    noises = _path_noises(group)
-    with torch.no_grad():
-        coarse = frozen.forward_scales(frozen.coarsest, scale + 1, noises)
-    return resize(coarse, frozen.shapes[scale])
+    def penalty(self, critic: Discriminator, real: torch.Tensor, fake: torch.Tensor
+                ) -> torch.Tensor:
+        """Each model's WGAN-GP penalty (see :func:`medsingan.train.gradient_penalty`)."""
+        a = _amps([float(torch.rand((), generator=rng)) for rng in self.rngs], self.channels,
+                  real)
+        mixed = (a * real + (1 - a) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(mixed).float().sum(), mixed, create_graph=True)
+        _, _, h, w = grad.shape
+        norms = grad.reshape(self.k, self.channels, h, w).norm(2, dim=1)
+        return ((norms - 1) ** 2).reshape(self.k, -1).mean(dim=1)
 
-
-def _gradient_penalty(group: _GroupScale, fake: torch.Tensor) -> torch.Tensor:
-    """Each model's WGAN-GP penalty (see :func:`medsingan.train.gradient_penalty`), ``(K,)``."""
-    a = _amps([float(torch.rand((), generator=rng)) for rng in group.rngs], group.channels,
-              group.real)
-    mixed = (a * group.real + (1 - a) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(group.critic(mixed).float().sum(), mixed, create_graph=True)
-    _, _, h, w = grad.shape
-    norms = grad.reshape(group.k, group.channels, h, w).norm(2, dim=1)
-    return ((norms - 1) ** 2).reshape(group.k, -1).mean(dim=1)
-
-
-def _train_group_scale(group: _GroupScale, config: TrainConfig, report: _Reporter
-                       ) -> list[list[dict[str, float]]]:
-    """:func:`medsingan.train._train_scale` for K models at once; their history rows. With
-    concurrent scales the grouped coarser scales of :func:`~medsingan.train.joint_scales`
-    train on (in place, in ``group.frozen``)."""
-    k, frozen = group.k, group.frozen
-    gen, critic = group.generator.train(), group.critic.train()
-    joint = joint_scales(group.scale, frozen.coarsest, config)
-    path = (JointPath(frozen, group.scale, joint[-1], lambda: _path_noises(group))
-            if joint else None)
-    opt_g = generator_optimiser(gen, frozen, group.scale, joint, config)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=config.betas)
-    rec_noise = group.amps * frozen.reconstruction_noise(group.scale)
-    rec_previous = group.rec_previous
-    rows: list[list[dict[str, float]]] = [[] for _ in range(k)]
-    try:
-        _iterate(group, config, report, gen, critic, (opt_g, opt_d), path, rec_noise,
-                 rec_previous, rows)
-    finally:
-        for s in joint:
-            frozen.generators[s].eval().requires_grad_(False)
-    return rows
-
-
-def _iterate(group: _GroupScale, config: TrainConfig, report: _Reporter, gen: Generator,
-             critic: Discriminator, optimisers: tuple[torch.optim.Optimizer, ...],
-             path: JointPath | None, rec_noise: torch.Tensor, rec_previous: torch.Tensor,
-             rows: list[list[dict[str, float]]]) -> None:
-    """The iterations of :func:`_train_group_scale`, appending each model's rows to ``rows``."""
-    k, real = group.k, group.real
-    autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
-    opt_g, opt_d = optimisers
-    drop_at = math.ceil(config.lr_drop_at * config.iters)
-    critic_steps = 0
-    gp = torch.zeros(k, device=real.device)
-    start = time.perf_counter()
-    for it in range(config.iters):
-        if it == drop_at:
-            for opt in optimisers:
-                for param_group in opt.param_groups:
-                    param_group["lr"] *= config.lr_drop_factor
-        with autocast:
-            if path is None:
-                previous = _random_previous(group)
-            else:  # with gradients: the first generator step back-propagates through it
-                through_joint = path.random()
-                previous = through_joint()
-        noise = _stack([draw_noise((1, group.channels, *real.shape[-2:]), rng, real.device)
-                        for rng in group.rngs])
-        noisy = group.amps * noise + previous
-        with torch.no_grad(), autocast:
-            fake = gen(noisy, previous)
-        critic.requires_grad_(True)
-        for _ in range(config.d_steps):
-            opt_d.zero_grad(set_to_none=True)
-            with autocast:
-                d_real = per_model_mean(critic(real), k)
-            (-d_real.sum()).backward()
-            with autocast:
-                d_fake = per_model_mean(critic(fake), k)
-            d_fake.sum().backward()
-            d_loss = d_fake.detach() - d_real.detach()
-            if config.gp_weight > 0 and critic_steps % config.gp_every == 0:
-                with autocast:
-                    gp = _gradient_penalty(group, fake)
-                penalty = config.gp_weight * config.gp_every * gp
-                penalty.sum().backward()
-                d_loss = d_loss + penalty.detach()
-            critic_steps += 1
-            opt_d.step()
-        critic.requires_grad_(False)
-        for step in range(config.g_steps):
-            opt_g.zero_grad(set_to_none=True)
-            if path is not None and step > 0:  # the joint scales changed at the last step
-                with autocast:
-                    previous = through_joint()
-                noisy = group.amps * noise + previous
-            with autocast:
-                g_adv = -per_model_mean(critic(gen(noisy, previous)), k)
-            g_adv.sum().backward()
-            with autocast, torch.set_grad_enabled(config.alpha > 0):
-                if path is not None:  # through the joint scales as they are now
-                    rec_previous = path.reconstruction()
-                rec = per_model_mean(
-                    (gen(rec_noise + rec_previous, rec_previous).float() - real) ** 2, k)
-            if config.alpha > 0:
-                (config.alpha * rec).sum().backward()
-            opt_g.step()
-        if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
-            seconds = time.perf_counter() - start
-            lr = opt_g.param_groups[0]["lr"]
-            for m, (d, g, r, p) in enumerate(zip(d_loss.tolist(), g_adv.tolist(), rec.tolist(),
-                                                 gp.tolist(), strict=True)):
-                rows[m].append({"scale": group.scale, "iter": it + 1, "d_loss": d, "g_adv": g,
-                                "rec_loss": r, "gp": p, "lr": lr, "seconds": seconds})
-            report.advance(it + 1, {key: sum(r[-1][key] for r in rows) / k
-                                    for key in ("d_loss", "g_adv", "rec_loss")})
+    def window(self, shape: tuple[int, ...], crop: int, pad: int) -> NoReturn:
+        raise ConfigError("batched training trains on whole scales (crop 0)")
 
 
 def batch_key(image: torch.Tensor, config: TrainConfig) -> tuple[Any, ...]:
@@ -388,23 +276,23 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                     for m in models]
             starts = [_reconstruction_start(m.pyramid, scale, m.config) for m in models]
             _trim_heap()
-            group = _GroupScale(
-                scale, k, channels, frozen,
-                group_networks([g for g, _ in nets]).to(device),
+            job = ScaleJob(
+                scale, frozen, group_networks([g for g, _ in nets]).to(device),
                 group_networks([d for _, d in nets]).to(device),
-                frozen.reals[scale], _amps([amp for _, amp in starts], channels, frozen.z_star),
+                _amps([amp for _, amp in starts], channels, frozen.z_star),
                 _stack([previous for previous, _ in starts]),
-                [seeded_generator(m.config.seed, Stream.TRAIN_NOISE, scale) for m in models])
+                GroupedModels([seeded_generator(m.config.seed, Stream.TRAIN_NOISE, scale)
+                               for m in models], channels))
             started = time.perf_counter()
             with report.scale(scale):
-                rows = _train_group_scale(group, config, report)
+                rows = _train_scale(job, config, report)
             seconds = time.perf_counter() - started
-            split_network(group.generator, [g for g, _ in nets])
-            split_network(group.critic, [d for _, d in nets])
+            split_network(job.generator, [g for g, _ in nets])
+            split_network(job.critic, [d for _, d in nets])
             for s in joint_scales(scale, coarsest, config):  # trained on with this scale
                 split_network(frozen.generators[s], [m.pyramid.generators[s] for m in models])
-            frozen.generators[scale] = group.generator.eval().requires_grad_(False)
-            frozen.noise_amps[scale] = group.amps
+            frozen.generators[scale] = job.generator.eval().requires_grad_(False)
+            frozen.noise_amps[scale] = job.noise_amp
             for model, (generator, critic), (_, amp), model_rows in zip(
                     models, nets, starts, rows, strict=True):
                 _finish_scale(model, scale, generator, critic, amp, model_rows, seconds, k,

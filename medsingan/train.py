@@ -46,6 +46,7 @@ import ctypes
 import io
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -317,29 +318,73 @@ def gradient_penalty(critic: Discriminator, real: torch.Tensor, fake: torch.Tens
     return ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
+class OneModel:
+    """What differs per model in a scale's training loop, for one model: its noise stream,
+    the means of its losses and its gradient penalty (:class:`medsingan.batched.GroupedModels`
+    gives K grouped models' side by side, so that one loop, :func:`_train_scale`, trains both)."""
+
+    k = 1
+
+    def __init__(self, rng: torch.Generator, channels: int) -> None:
+        self.rng, self.channels = rng, channels
+
+    def noise(self, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """Unit noise of one scale, ``(1, C, h, w)``, the next draw from the stream."""
+        return draw_noise((1, self.channels, *size), self.rng, device)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss's mean over everything (0-d); K models: each model's, ``(K,)``."""
+        return x.float().mean()
+
+    def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(x.float(), target)
+
+    def penalty(self, critic: Discriminator, real: torch.Tensor, fake: torch.Tensor
+                ) -> torch.Tensor:
+        return gradient_penalty(critic, real, fake, self.rng)
+
+    def window(self, shape: tuple[int, ...], crop: int, pad: int) -> _Window:
+        """This iteration's random ``crop`` window (TrainConfig.crop)."""
+        return _Window(shape, crop, pad, self.rng)
+
+
+class Models(Protocol):
+    """:class:`OneModel`'s interface: one model's or K grouped models' per-model operations."""
+
+    k: int
+
+    def noise(self, size: tuple[int, int], device: torch.device) -> torch.Tensor: ...
+    def mean(self, x: torch.Tensor) -> torch.Tensor: ...
+    def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def penalty(self, critic: Discriminator, real: torch.Tensor, fake: torch.Tensor
+                ) -> torch.Tensor: ...
+    def window(self, shape: tuple[int, ...], crop: int, pad: int) -> _Window: ...
+
+
 @dataclass
-class _ScaleJob:
+class ScaleJob:
     """Everything one scale's training needs; ``pyramid`` holds the coarser scales (frozen,
-    but for the ``concurrent - 1`` nearest). ``critic`` is ``None`` for an explicit loss."""
+    but for the ``concurrent - 1`` nearest). ``critic`` is ``None`` for an explicit loss.
+    For K grouped models (:mod:`medsingan.batched`) the pyramid and networks are grouped and
+    ``noise_amp`` is each model's amplitude on its channels, ``(1, K*C, 1, 1)``."""
 
     scale: int
     pyramid: TrainedPyramid
     generator: Generator
     critic: Discriminator | None
-    noise_amp: float
+    noise_amp: float | torch.Tensor
     rec_previous: torch.Tensor  # up-sampled reconstruction from scale + 1 at the start (or zeros)
-    rng: torch.Generator
+    models: Models
 
 
-def _path_noises(job: _ScaleJob) -> list[torch.Tensor]:
-    """A random path's unit noise into ``job.scale``, coarsest first, from the job's stream."""
+def _path_noises(job: ScaleJob) -> list[torch.Tensor]:
+    """A random path's unit noise into ``job.scale``, coarsest first, from the models' streams."""
     pyramid = job.pyramid
-    channels = pyramid.z_star.shape[1]
-    return [draw_noise((1, channels, *pyramid.shapes[s]), job.rng, pyramid.device)
+    return [job.models.noise(pyramid.shapes[s], pyramid.device)
             for s in range(pyramid.coarsest, job.scale, -1)]
 
 
-def _random_previous(job: _ScaleJob) -> torch.Tensor:
+def _random_previous(job: ScaleJob) -> torch.Tensor:
     """Up-sampled output of the frozen coarser scales on a fresh random path (no gradients)."""
     pyramid, scale = job.pyramid, job.scale
     if scale == pyramid.coarsest:
@@ -447,44 +492,45 @@ def _crops(config: TrainConfig, shape: tuple[int, ...]) -> bool:
 
 class _CriticObjective:
     """WGAN-GP, the paper's: ``d_steps`` critic updates per iteration on one fake, then the
-    generator's adversarial term ``-mean D(fake)``."""
+    generator's adversarial term ``-mean D(fake)`` (each model's mean: ``models.mean``)."""
 
     def __init__(self, critic: Discriminator, real: torch.Tensor, config: TrainConfig,
-                 rng: torch.Generator, autocast: torch.autocast) -> None:
+                 models: Models, autocast: torch.autocast) -> None:
         self.critic, self.config = critic.train(), config
-        self.rng, self.autocast = rng, autocast
+        self.models, self.autocast = models, autocast
         self.optimisers = [torch.optim.Adam(critic.parameters(), lr=config.lr_d,
                                             betas=config.betas)]
         self.steps = 0
-        self.gp = torch.zeros((), device=real.device)  # the last penalty computed, for history
+        self.gp = torch.zeros(models.k, device=real.device)  # the last penalty, for history
 
     def update(self, make_fake: Callable[[], torch.Tensor], real: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration's critic steps against ``real`` (the scale, or its window); the last
         step's critic loss and the last penalty."""
-        config, critic, autocast = self.config, self.critic, self.autocast
+        config, critic, autocast, models = self.config, self.critic, self.autocast, self.models
         # G is not updated during the critic steps, so one fake serves all of them.
         with torch.no_grad(), autocast:
             fake = make_fake()
         critic.requires_grad_(True)
         # Each loss is back-propagated as soon as it is built, so that only one critic graph is
         # alive at a time (peak memory; with concurrent scales the joint path's graph, kept for
-        # the generator step, lives on beside it); the gradients add up in the parameters.
+        # the generator step, lives on beside it); the gradients add up in the parameters. K
+        # models back-propagate the sum of their losses: each model's gradient is its own.
         (opt_d,) = self.optimisers
         for _ in range(config.d_steps):
             opt_d.zero_grad(set_to_none=True)
             with autocast:
-                d_real = critic(real).float().mean()
-            (-d_real).backward()
+                d_real = models.mean(critic(real))
+            (-d_real.sum()).backward()
             with autocast:
-                d_fake = critic(fake).float().mean()
-            d_fake.backward()
+                d_fake = models.mean(critic(fake))
+            d_fake.sum().backward()
             d_loss = d_fake.detach() - d_real.detach()
             if config.gp_weight > 0 and self.steps % config.gp_every == 0:
                 with autocast:
-                    self.gp = gradient_penalty(critic, real, fake, self.rng)
+                    self.gp = models.penalty(critic, real, fake)
                 penalty = config.gp_weight * config.gp_every * self.gp
-                penalty.backward()
+                penalty.sum().backward()
                 d_loss = d_loss + penalty.detach()
             self.steps += 1
             opt_d.step()
@@ -493,7 +539,7 @@ class _CriticObjective:
 
     def generator_term(self, fake: torch.Tensor) -> torch.Tensor:
         with self.autocast:
-            return -self.critic(fake).float().mean()
+            return -self.models.mean(self.critic(fake))
 
 
 class _PatchObjective:
@@ -515,14 +561,22 @@ class _PatchObjective:
             return self.loss(fake.float())
 
 
-def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list[dict[str, float]]:
-    """Train ``job.generator`` (and ``job.critic``, if any) for ``config.iters`` iterations."""
-    real = job.pyramid.reals[job.scale]
+_LOSS_KEYS = ("d_loss", "g_adv", "rec_loss", "gp")
+
+
+def _train_scale(job: ScaleJob, config: TrainConfig, report: _Reporter
+                 ) -> list[list[dict[str, float]]]:
+    """Train ``job.generator`` (and ``job.critic``, if any) for ``config.iters`` iterations;
+    each model's history rows (one list for one model, K for K grouped ones)."""
+    real, models = job.pyramid.reals[job.scale], job.models
     autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
     gen = job.generator.train()
-    objective: _CriticObjective | _PatchObjective = (
-        _PatchObjective(real, config, job.rng) if job.critic is None
-        else _CriticObjective(job.critic, real, config, job.rng, autocast))
+    if job.critic is None:
+        if not isinstance(models, OneModel):
+            raise ConfigError(f"batched training trains the {DEFAULT_LOSS} critic only")
+        objective: _CriticObjective | _PatchObjective = _PatchObjective(real, config, models.rng)
+    else:
+        objective = _CriticObjective(job.critic, real, config, models, autocast)
     joint = joint_scales(job.scale, job.pyramid.coarsest, config)
     path = (JointPath(job.pyramid, job.scale, joint[-1], lambda: _path_noises(job))
             if joint else None)
@@ -531,7 +585,7 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
     rec_noise = job.noise_amp * job.pyramid.reconstruction_noise(job.scale)
     rec_previous = job.rec_previous
     crops = _crops(config, tuple(real.shape))
-    rows: list[dict[str, float]] = []
+    rows: list[list[dict[str, float]]] = [[] for _ in range(models.k)]
     start = time.perf_counter()
     try:
         for it in range(config.iters):
@@ -546,10 +600,10 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
                 with autocast:
                     through_joint = path.random()
                     previous = through_joint()
-            unit = draw_noise(tuple(real.shape), job.rng, real.device)
+            unit = models.noise(tuple(real.shape[-2:]), real.device)
             noisy = job.noise_amp * unit + previous
             # the generator on the whole scale, or on this iteration's window of it
-            window = _Window(real.shape, config.crop, gen.spec.pad, job.rng) if crops else None
+            window = models.window(real.shape, config.crop, gen.spec.pad) if crops else None
             run = gen if window is None else partial(window.generate, gen)
             target = real if window is None else window(real)
             d_loss, gp = objective.update(lambda: run(noisy, previous), target)  # noqa: B023
@@ -562,20 +616,24 @@ def _train_scale(job: _ScaleJob, config: TrainConfig, report: _Reporter) -> list
                 with autocast:
                     fake = run(noisy, previous)
                 g_adv = objective.generator_term(fake)
-                g_adv.backward()  # before the reconstruction is built: not two graphs at once
+                g_adv.sum().backward()  # before the reconstruction is built: not two graphs
                 with autocast, torch.set_grad_enabled(config.alpha > 0):
                     if path is not None:  # through the joint scales as they are now
                         rec_previous = path.reconstruction()
-                    rec = F.mse_loss(run(rec_noise + rec_previous, rec_previous).float(), target)
+                    rec = models.mse(run(rec_noise + rec_previous, rec_previous), target)
                 if config.alpha > 0:
-                    (config.alpha * rec).backward()
+                    (config.alpha * rec).sum().backward()
                 opt_g.step()
             if (it + 1) % config.log_every == 0 or it + 1 == config.iters:
-                row = {"scale": job.scale, "iter": it + 1, "d_loss": d_loss.item(),
-                       "g_adv": g_adv.item(), "rec_loss": rec.item(), "gp": gp.item(),
-                       "lr": opt_g.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
-                rows.append(row)
-                report.advance(it + 1, row)
+                seconds, lr = time.perf_counter() - start, opt_g.param_groups[0]["lr"]
+                losses = [t.reshape(-1).tolist() for t in (d_loss, g_adv, rec, gp)]
+                for model_rows, values in zip(rows, zip(*losses, strict=True), strict=True):
+                    model_rows.append({"scale": job.scale, "iter": it + 1,
+                                       **dict(zip(_LOSS_KEYS, values, strict=True)),
+                                       "lr": lr, "seconds": seconds})
+                # the progress bar shows the models' mean losses
+                report.advance(it + 1, rows[0][-1] | {
+                    key: statistics.fmean(r[-1][key] for r in rows) for key in _LOSS_KEYS})
     finally:
         for s in joint:
             job.pyramid.generators[s].eval().requires_grad_(False)
@@ -924,11 +982,11 @@ def train(
             generator, critic = _init_networks(spec, pyramid, critics, scale, config, device)
             rec_previous, amp = _reconstruction_start(pyramid, scale, config)
             _trim_heap()
-            job = _ScaleJob(scale, pyramid, generator, critic, amp, rec_previous,
-                            seeded_generator(config.seed, Stream.TRAIN_NOISE, scale))
+            job = ScaleJob(scale, pyramid, generator, critic, amp, rec_previous, OneModel(
+                seeded_generator(config.seed, Stream.TRAIN_NOISE, scale), channels))
             started = time.perf_counter()
             with report.scale(scale):
-                rows = _train_scale(job, config, report)
+                (rows,) = _train_scale(job, config, report)
             pyramid.generators[scale] = generator.eval().requires_grad_(False)
             pyramid.noise_amps[scale] = amp
             if critic is not None:

@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsingan.batched import (
-    _amps,
-    _GroupScale,
-    _train_group_scale,
-    group_networks,
-    train_batch,
-)
+from medsingan.batched import GroupedModels, _amps, group_networks, train_batch
 from medsingan.errors import ConfigError
 from medsingan.model.blocks import init_weights
 from medsingan.model.container import TrainedPyramid
@@ -24,10 +18,11 @@ from medsingan.model.noise import Stream, draw_noise, seeded_generator
 from medsingan.pyramid import build_image_pyramid, pyramid_shapes, resize
 from medsingan.runs import prepare_training, train_scan
 from medsingan.train import (
+    OneModel,
+    ScaleJob,
     TrainConfig,
     _reconstruction_start,
     _Reporter,
-    _ScaleJob,
     _train_scale,
     load_run,
     train,
@@ -105,17 +100,16 @@ def _coarsest_in_float64(three_scans, config: TrainConfig):
         for net in nets:
             init_weights(net, seeded_generator(k, Stream.INIT, coarsest))
         pyramids.append((pyramid, nets))
-    group = _GroupScale(
-        coarsest, 3, 1,
+    group = ScaleJob(
+        coarsest,
         TrainedPyramid(reals=[torch.cat([p.reals[s] for p, _ in pyramids], 1)
                               for s in range(len(shapes))],
                        z_star=torch.cat([p.z_star for p, _ in pyramids], 1)),
         group_networks([g for _, (g, _) in pyramids]),
         group_networks([d for _, (_, d) in pyramids]),
-        torch.cat([p.reals[coarsest] for p, _ in pyramids], 1),
         torch.ones(1, 3, 1, 1, dtype=torch.float64),
         torch.zeros(1, 3, *shapes[-1], dtype=torch.float64),
-        [seeded_generator(k, Stream.TRAIN_NOISE, coarsest) for k in range(3)])
+        GroupedModels([seeded_generator(k, Stream.TRAIN_NOISE, coarsest) for k in range(3)], 1))
     return coarsest, pyramids, group
 
 
@@ -123,8 +117,8 @@ def _train_alone(scale: int, pyramid: TrainedPyramid, nets, amp: float,
                  rec_previous: torch.Tensor, config: TrainConfig, k: int) -> None:
     """Model ``k``'s ``scale`` trained by the single-model trainer, in place."""
     generator, critic = nets
-    job = _ScaleJob(scale, pyramid, generator, critic, amp, rec_previous,
-                    seeded_generator(k, Stream.TRAIN_NOISE, scale))
+    job = ScaleJob(scale, pyramid, generator, critic, amp, rec_previous,
+                   OneModel(seeded_generator(k, Stream.TRAIN_NOISE, scale), 1))
     _train_scale(job, config, _Reporter(False, len(pyramid.reals), config.iters))
 
 
@@ -145,7 +139,7 @@ def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scan
     config = TrainConfig(iters=1, max_size=32, min_size=25, norm=norm, device="cpu")
     coarsest, pyramids, group = _coarsest_in_float64(three_scans, config)
     initial = [{key: v.clone() for key, v in g.state_dict().items()} for _, (g, _) in pyramids]
-    _train_group_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
+    _train_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
     for k, (pyramid, (generator, critic)) in enumerate(pyramids):
         _train_alone(coarsest, pyramid, (generator, critic), config.coarsest_noise_amp,
                      torch.zeros_like(pyramid.reals[coarsest]), config, k)
@@ -176,10 +170,10 @@ def test_concurrent_batched_scales_equal_the_single_ones_in_float64(three_scans,
                          g_steps=2, lr_drop_at=0.5, device="cpu")
     coarsest, pyramids, group = _coarsest_in_float64(three_scans, config)
     scale = coarsest - 1  # trains with the coarsest
-    _train_group_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
-    frozen = group.frozen
+    _train_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
+    frozen = group.pyramid
     frozen.generators[coarsest] = group.generator.eval().requires_grad_(False)
-    frozen.noise_amps[coarsest] = group.amps
+    frozen.noise_amps[coarsest] = group.noise_amp
     starts, finest_nets = [], []
     for k, (pyramid, nets) in enumerate(pyramids):
         _train_alone(coarsest, pyramid, nets, config.coarsest_noise_amp,
@@ -190,13 +184,13 @@ def test_concurrent_batched_scales_equal_the_single_ones_in_float64(three_scans,
         # the scale starts from copies of the coarsest's networks (same widths)
         finest_nets.append(tuple(copy.deepcopy(net).train() for net in nets))
     before = copy.deepcopy(frozen.generators[coarsest].state_dict())
-    finest = _GroupScale(
-        scale, 3, 1, frozen, group_networks([g for g, _ in finest_nets]),
-        group_networks([d for _, d in finest_nets]), frozen.reals[scale],
+    finest = ScaleJob(
+        scale, frozen, group_networks([g for g, _ in finest_nets]),
+        group_networks([d for _, d in finest_nets]),
         _amps([amp for _, amp in starts], 1, frozen.z_star),
         torch.cat([previous for previous, _ in starts], 1),
-        [seeded_generator(k, Stream.TRAIN_NOISE, scale) for k in range(3)])
-    _train_group_scale(finest, config, _Reporter(False, coarsest + 1, config.iters))
+        GroupedModels([seeded_generator(k, Stream.TRAIN_NOISE, scale) for k in range(3)], 1))
+    _train_scale(finest, config, _Reporter(False, coarsest + 1, config.iters))
     moved = frozen.generators[coarsest].state_dict()
     assert max(float((moved[key] - value).abs().max()) for key, value in before.items()) > 1e-4
     for k, ((pyramid, _), nets, (_, amp)) in enumerate(zip(pyramids, finest_nets, starts,
