@@ -30,7 +30,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import nn
@@ -142,9 +142,11 @@ def _amps(values: Sequence[float], channels: int, like: torch.Tensor) -> torch.T
 
 
 class GroupedModels:
-    """:class:`medsingan.train.OneModel` for K grouped models (model ``k`` on channels
+    """:class:`medsingan.train.Models` for K grouped models (model ``k`` on channels
     ``[k*C, (k+1)*C)``): each model's noise from its own stream, each model's loss means and
-    gradient penalty, ``(K,)``."""
+    gradient penalty, ``(K,)``. No single stream (``rng``): no crop windows, no patch loss."""
+
+    rng = None
 
     def __init__(self, rngs: Sequence[torch.Generator], channels: int) -> None:
         self.rngs, self.channels, self.k = list(rngs), channels, len(rngs)
@@ -169,9 +171,6 @@ class GroupedModels:
         _, _, h, w = grad.shape
         norms = grad.reshape(self.k, self.channels, h, w).norm(2, dim=1)
         return ((norms - 1) ** 2).reshape(self.k, -1).mean(dim=1)
-
-    def window(self, shape: tuple[int, ...], crop: int, pad: int) -> NoReturn:
-        raise ConfigError("batched training trains on whole scales (crop 0)")
 
 
 def batch_key(image: torch.Tensor, config: TrainConfig) -> tuple[Any, ...]:
@@ -276,9 +275,9 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                     for m in models]
             starts = [_reconstruction_start(m.pyramid, scale, m.config) for m in models]
             _trim_heap()
+            critic = group_networks([d for _, d in nets]).to(device)
             job = ScaleJob(
-                scale, frozen, group_networks([g for g, _ in nets]).to(device),
-                group_networks([d for _, d in nets]).to(device),
+                scale, frozen, group_networks([g for g, _ in nets]).to(device), critic,
                 _amps([amp for _, amp in starts], channels, frozen.z_star),
                 _stack([previous for previous, _ in starts]),
                 GroupedModels([seeded_generator(m.config.seed, Stream.TRAIN_NOISE, scale)
@@ -288,7 +287,7 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                 rows = _train_scale(job, config, report)
             seconds = time.perf_counter() - started
             split_network(job.generator, [g for g, _ in nets])
-            split_network(job.critic, [d for _, d in nets])
+            split_network(critic, [d for _, d in nets])
             for s in joint_scales(scale, coarsest, config):  # trained on with this scale
                 split_network(frozen.generators[s], [m.pyramid.generators[s] for m in models])
             frozen.generators[scale] = job.generator.eval().requires_grad_(False)

@@ -46,7 +46,6 @@ import ctypes
 import io
 import json
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -318,10 +317,28 @@ def gradient_penalty(critic: Discriminator, real: torch.Tensor, fake: torch.Tens
     return ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
+class Models(Protocol):
+    """What differs per model in a scale's training loop, so that one loop,
+    :func:`_train_scale`, trains one model (:class:`OneModel`) or K grouped ones
+    (:class:`medsingan.batched.GroupedModels`, model ``k`` on channels ``[k*C, (k+1)*C)``).
+
+    ``noise`` draws the next unit noise of a scale, ``(1, K*C, h, w)``, each model's from its
+    own stream; ``mean`` and ``mse`` are each model's loss (0-d for one model, ``(K,)`` for K)
+    and ``penalty`` each model's WGAN-GP penalty. ``rng`` is one model's stream, for what only
+    one model trains with (crop windows, explicit patch losses); ``None`` for K models."""
+
+    k: int
+    rng: torch.Generator | None
+
+    def noise(self, size: tuple[int, int], device: torch.device) -> torch.Tensor: ...
+    def mean(self, x: torch.Tensor) -> torch.Tensor: ...
+    def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def penalty(self, critic: Discriminator, real: torch.Tensor, fake: torch.Tensor
+                ) -> torch.Tensor: ...
+
+
 class OneModel:
-    """What differs per model in a scale's training loop, for one model: its noise stream,
-    the means of its losses and its gradient penalty (:class:`medsingan.batched.GroupedModels`
-    gives K grouped models' side by side, so that one loop, :func:`_train_scale`, trains both)."""
+    """:class:`Models` for one model: its noise stream, plain means, the paper's penalty."""
 
     k = 1
 
@@ -329,11 +346,9 @@ class OneModel:
         self.rng, self.channels = rng, channels
 
     def noise(self, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-        """Unit noise of one scale, ``(1, C, h, w)``, the next draw from the stream."""
         return draw_noise((1, self.channels, *size), self.rng, device)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
-        """The loss's mean over everything (0-d); K models: each model's, ``(K,)``."""
         return x.float().mean()
 
     def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -342,23 +357,6 @@ class OneModel:
     def penalty(self, critic: Discriminator, real: torch.Tensor, fake: torch.Tensor
                 ) -> torch.Tensor:
         return gradient_penalty(critic, real, fake, self.rng)
-
-    def window(self, shape: tuple[int, ...], crop: int, pad: int) -> _Window:
-        """This iteration's random ``crop`` window (TrainConfig.crop)."""
-        return _Window(shape, crop, pad, self.rng)
-
-
-class Models(Protocol):
-    """:class:`OneModel`'s interface: one model's or K grouped models' per-model operations."""
-
-    k: int
-
-    def noise(self, size: tuple[int, int], device: torch.device) -> torch.Tensor: ...
-    def mean(self, x: torch.Tensor) -> torch.Tensor: ...
-    def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
-    def penalty(self, critic: Discriminator, real: torch.Tensor, fake: torch.Tensor
-                ) -> torch.Tensor: ...
-    def window(self, shape: tuple[int, ...], crop: int, pad: int) -> _Window: ...
 
 
 @dataclass
@@ -400,7 +398,7 @@ class JointPath:
     its losses. The frozen scales above ``top`` are run once per random path (and once for the
     reconstruction), without gradients; the joint ones again for every generator step, since
     each step changes their weights. ``draw_path`` draws a random path's unit noise, coarsest
-    scale first (one model's here; :mod:`medsingan.batched` gives K models' side by side)."""
+    scale first (:func:`_path_noises`: K models' side by side for a batch)."""
 
     def __init__(self, pyramid: TrainedPyramid, scale: int, top: int,
                  draw_path: Callable[[], list[torch.Tensor]]) -> None:
@@ -571,12 +569,13 @@ def _train_scale(job: ScaleJob, config: TrainConfig, report: _Reporter
     real, models = job.pyramid.reals[job.scale], job.models
     autocast = torch.autocast(real.device.type, dtype=torch.bfloat16, enabled=config.amp)
     gen = job.generator.train()
-    if job.critic is None:
-        if not isinstance(models, OneModel):
-            raise ConfigError(f"batched training trains the {DEFAULT_LOSS} critic only")
-        objective: _CriticObjective | _PatchObjective = _PatchObjective(real, config, models.rng)
-    else:
-        objective = _CriticObjective(job.critic, real, config, models, autocast)
+    crops = _crops(config, tuple(real.shape))
+    rng = models.rng
+    if rng is None and (job.critic is None or crops):  # batched.why_not_batchable refuses them
+        raise ValueError("K grouped models train on whole scales with the critic only")
+    objective: _CriticObjective | _PatchObjective = (
+        _CriticObjective(job.critic, real, config, models, autocast) if job.critic is not None
+        else _PatchObjective(real, config, rng))
     joint = joint_scales(job.scale, job.pyramid.coarsest, config)
     path = (JointPath(job.pyramid, job.scale, joint[-1], lambda: _path_noises(job))
             if joint else None)
@@ -584,7 +583,6 @@ def _train_scale(job: ScaleJob, config: TrainConfig, report: _Reporter
     drop_at = math.ceil(config.lr_drop_at * config.iters)
     rec_noise = job.noise_amp * job.pyramid.reconstruction_noise(job.scale)
     rec_previous = job.rec_previous
-    crops = _crops(config, tuple(real.shape))
     rows: list[list[dict[str, float]]] = [[] for _ in range(models.k)]
     start = time.perf_counter()
     try:
@@ -600,10 +598,10 @@ def _train_scale(job: ScaleJob, config: TrainConfig, report: _Reporter
                 with autocast:
                     through_joint = path.random()
                     previous = through_joint()
-            unit = models.noise(tuple(real.shape[-2:]), real.device)
+            unit = models.noise((real.shape[-2], real.shape[-1]), real.device)
             noisy = job.noise_amp * unit + previous
             # the generator on the whole scale, or on this iteration's window of it
-            window = models.window(real.shape, config.crop, gen.spec.pad) if crops else None
+            window = _Window(real.shape, config.crop, gen.spec.pad, rng) if crops else None
             run = gen if window is None else partial(window.generate, gen)
             target = real if window is None else window(real)
             d_loss, gp = objective.update(lambda: run(noisy, previous), target)  # noqa: B023
@@ -633,7 +631,7 @@ def _train_scale(job: ScaleJob, config: TrainConfig, report: _Reporter
                                        "lr": lr, "seconds": seconds})
                 # the progress bar shows the models' mean losses
                 report.advance(it + 1, rows[0][-1] | {
-                    key: statistics.fmean(r[-1][key] for r in rows) for key in _LOSS_KEYS})
+                    key: sum(r[-1][key] for r in rows) / len(rows) for key in _LOSS_KEYS})
     finally:
         for s in joint:
             job.pyramid.generators[s].eval().requires_grad_(False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import math
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def _psnr(pyramid: TrainedPyramid) -> float:
     return 10 * math.log10(4 / mse)  # the images span [-1, 1]
 
 
+def _history_losses(path: Path) -> torch.Tensor:
+    """A run's history.csv as rows of (scale, iter, d_loss, g_adv, rec_loss), read with csv."""
+    with path.open(newline="") as f:
+        return torch.tensor([[float(row[key]) for key in
+                              ("scale", "iter", "d_loss", "g_adv", "rec_loss")]
+                             for row in csv.DictReader(f)], dtype=torch.float64)
+
+
 @pytest.mark.parametrize("concurrent", [1, 2, 3])
 def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path, concurrent):
     """Every scale's generator, including (with concurrent scales, ConSinGAN) the coarser ones
@@ -76,6 +85,12 @@ def test_each_batched_model_gets_the_weights_it_gets_alone(three_scans, tmp_path
         assert torch.allclose(reloaded.reconstruct(0), single.reconstruct(0), atol=1e-5)
         assert (run_dir / "samples_scale_0.png").is_file() and (run_dir / "curves.png").is_file()
         assert reloaded.metadata["progress"]["0"]["batch_models"] == 3
+    # each model's history holds its own losses: the rows of the model trained alone
+    for k, run_dir in enumerate(batch_dirs):
+        ours, theirs = (_history_losses(d / "history.csv")
+                        for d in (run_dir, tmp_path / f"alone{k}"))
+        assert ours.shape == theirs.shape == (3 * 2, 5)  # 3 scales x 2 iterations
+        assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-4)
     if concurrent > 1:  # the coarser scales did train on: not the weights they had when done
         early = train(three_scans[0], config, tmp_path / "early", progress=False, last_scale=2)
         assert _max_difference(early.generators[2], batched[0].generators[2]) > 1e-4
@@ -100,7 +115,7 @@ def _coarsest_in_float64(three_scans, config: TrainConfig):
         for net in nets:
             init_weights(net, seeded_generator(k, Stream.INIT, coarsest))
         pyramids.append((pyramid, nets))
-    group = ScaleJob(
+    job = ScaleJob(
         coarsest,
         TrainedPyramid(reals=[torch.cat([p.reals[s] for p, _ in pyramids], 1)
                               for s in range(len(shapes))],
@@ -110,7 +125,7 @@ def _coarsest_in_float64(three_scans, config: TrainConfig):
         torch.ones(1, 3, 1, 1, dtype=torch.float64),
         torch.zeros(1, 3, *shapes[-1], dtype=torch.float64),
         GroupedModels([seeded_generator(k, Stream.TRAIN_NOISE, coarsest) for k in range(3)], 1))
-    return coarsest, pyramids, group
+    return coarsest, pyramids, job
 
 
 def _train_alone(scale: int, pyramid: TrainedPyramid, nets, amp: float,
@@ -137,14 +152,14 @@ def test_one_batched_iteration_equals_one_single_iteration_in_float64(three_scan
     a norm, whose gradient is zero up to rounding, and other weights with tiny gradients take
     Adam steps of +-lr whose sign is the rounding's, in either trainer.)"""
     config = TrainConfig(iters=1, max_size=32, min_size=25, norm=norm, device="cpu")
-    coarsest, pyramids, group = _coarsest_in_float64(three_scans, config)
+    coarsest, pyramids, batch = _coarsest_in_float64(three_scans, config)
     initial = [{key: v.clone() for key, v in g.state_dict().items()} for _, (g, _) in pyramids]
-    _train_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
+    _train_scale(batch, config, _Reporter(False, coarsest + 1, config.iters))
     for k, (pyramid, (generator, critic)) in enumerate(pyramids):
         _train_alone(coarsest, pyramid, (generator, critic), config.coarsest_noise_amp,
                      torch.zeros_like(pyramid.reals[coarsest]), config, k)
-        _assert_parts_equal(generator, group.generator, k, 1e-5)
-        _assert_parts_equal(critic, group.critic, k, 1e-5)
+        _assert_parts_equal(generator, batch.generator, k, 1e-5)
+        _assert_parts_equal(critic, batch.critic, k, 1e-5)
         assert any(not torch.equal(value, initial[k][key])  # it did train
                    for key, value in generator.state_dict().items())
 
@@ -168,12 +183,12 @@ def test_concurrent_batched_scales_equal_the_single_ones_in_float64(three_scans,
     rounding, grown by Adam's steps for weights whose gradient is near zero)."""
     config = TrainConfig(iters=2, max_size=32, min_size=25, norm="instance", concurrent=2,
                          g_steps=2, lr_drop_at=0.5, device="cpu")
-    coarsest, pyramids, group = _coarsest_in_float64(three_scans, config)
+    coarsest, pyramids, batch = _coarsest_in_float64(three_scans, config)
     scale = coarsest - 1  # trains with the coarsest
-    _train_scale(group, config, _Reporter(False, coarsest + 1, config.iters))
-    frozen = group.pyramid
-    frozen.generators[coarsest] = group.generator.eval().requires_grad_(False)
-    frozen.noise_amps[coarsest] = group.noise_amp
+    _train_scale(batch, config, _Reporter(False, coarsest + 1, config.iters))
+    frozen = batch.pyramid
+    frozen.generators[coarsest] = batch.generator.eval().requires_grad_(False)
+    frozen.noise_amps[coarsest] = batch.noise_amp
     starts, finest_nets = [], []
     for k, (pyramid, nets) in enumerate(pyramids):
         _train_alone(coarsest, pyramid, nets, config.coarsest_noise_amp,
