@@ -29,7 +29,7 @@ from medsingan.pyramid import pyramid_shapes
 from medsingan.roi import Region, region_unit
 from medsingan.train import TrainConfig, train
 
-TRAINING_PRESETS = ("fast", "quick", "balanced", "concurrent", "paper")
+TRAINING_PRESETS = ("fast", "quick", "balanced", "concurrent", "lean", "paper")
 
 
 def training_preset(name: str) -> dict[str, Any]:

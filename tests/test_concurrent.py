@@ -172,3 +172,25 @@ def test_the_command_line_trains_concurrent_scales_and_records_them(tmp_path):
     assert stored["iters"] == 2 and stored["norm"] == "instance"
     pyramid = load_run(tmp_path / "preset")
     assert pyramid.is_complete and torch.isfinite(reconstruct(pyramid)).all()
+
+
+def test_the_lean_preset_trains_32_channels_where_concurrent_trains_64(tmp_path):
+    """``--preset lean`` (configs/training.yaml) is ``concurrent`` with 32 channels at every
+    scale: on the CT slice at 64 px (5 scales) the finest generator's convolutions, read from
+    the saved weights, are 64 wide with ``concurrent`` and 32 with ``lean``; the run records
+    the preset's settings."""
+    scan = dicom_file("CT_small.dcm")
+    widths = {}
+    for preset in ("concurrent", "lean"):
+        result = run_cli("train", scan, "--preset", preset, "--max-size", "64", "--iters", "2",
+                         "--quiet", "--out", tmp_path / preset)
+        assert result.returncode == 0, result.stderr
+        weights = load_file(tmp_path / preset / "weights.safetensors")
+        widths[preset] = weights["generator.0.features.1.conv.weight"].shape[:2]
+        assert weights["generator.4.features.1.conv.weight"].shape[:2] == (32, 32)  # coarsest
+        stored = json.loads((tmp_path / preset / "config.json").read_text())["train"]
+        assert (stored["concurrent"], stored["alpha"], stored["gp_every"], stored["norm"]) == \
+            (2, 20, 1, "instance")
+        assert load_run(tmp_path / preset).is_complete
+    assert widths == {"concurrent": (64, 64), "lean": (32, 32)}
+    assert json.loads((tmp_path / "lean" / "config.json").read_text())["train"]["max_nfc"] == 32
