@@ -275,9 +275,9 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                     for m in models]
             starts = [_reconstruction_start(m.pyramid, scale, m.config) for m in models]
             _trim_heap()
-            critic = group_networks([d for _, d in nets]).to(device)
+            grouped_critic = group_networks([d for _, d in nets]).to(device)
             job = ScaleJob(
-                scale, frozen, group_networks([g for g, _ in nets]).to(device), critic,
+                scale, frozen, group_networks([g for g, _ in nets]).to(device), grouped_critic,
                 _amps([amp for _, amp in starts], channels, frozen.z_star),
                 _stack([previous for previous, _ in starts]),
                 GroupedModels([seeded_generator(m.config.seed, Stream.TRAIN_NOISE, scale)
@@ -287,7 +287,7 @@ def train_batch(images: Sequence[torch.Tensor], configs: Sequence[TrainConfig],
                 rows = _train_scale(job, config, report)
             seconds = time.perf_counter() - started
             split_network(job.generator, [g for g, _ in nets])
-            split_network(critic, [d for _, d in nets])
+            split_network(grouped_critic, [d for _, d in nets])
             for s in joint_scales(scale, coarsest, config):  # trained on with this scale
                 split_network(frozen.generators[s], [m.pyramid.generators[s] for m in models])
             frozen.generators[scale] = job.generator.eval().requires_grad_(False)
